@@ -1,0 +1,317 @@
+"""The client side of a connection: one per server address per process, shared by all threads.
+
+Several calls may be in flight at once. The thread that finds nobody reading becomes the reader:
+it reads frames until its own reply comes and hands the others theirs, so a lone thread gets its
+reply with no hand-off between threads, and a thread blocked in a long call (a lock's acquire)
+does not stop the others.
+
+References: the server counts, per connection, how many times it sent each object; the client
+counts the same receipts and, when its last proxy of an object dies, sends ``release(id, count)``.
+Because both counts are taken in order on one stream, a release can never drop a reference that
+is still in flight. Proxies' finalizers only queue the release; it goes out with the next call,
+or at once when the connection is idle.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import pickle
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import _protocol as P
+from ._codec import Codec
+from ._errors import ConnectionLost, ProtocolError, RemoteError
+from ._transport import Address, connect, handshake
+
+__all__ = ["Connection", "get_connection", "proxy_types"]
+
+HEADER = P.HEADER
+_BUILTIN_EXCEPTIONS = {
+    name: cls for name, cls in vars(__import__("builtins")).items()
+    if isinstance(cls, type) and issubclass(cls, BaseException)
+}
+_NOTE_RID = 0
+
+# typeid -> proxy class, filled by the proxies module and by managers' register().
+proxy_types: dict[str, Callable[..., Any]] = {}
+# Called as factory(connection, oid, typeid) for a typeid nobody registered.
+default_proxy_factory: list[Callable[..., Any]] = []
+
+
+class Connection:
+    """A connection to one server, shared by every proxy of this process."""
+
+    def __init__(self, address: Address, authkey: bytes) -> None:
+        self.address = address
+        self.authkey = bytes(authkey)
+        self.stale = False
+        self.closed = False
+        self.pid = os.getpid()
+        sock = connect(address)
+        try:
+            handshake(sock, self.authkey)
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.proxy_types = proxy_types   # a manager may give its own mapping
+        self._codec = Codec(ref_of=self._ref_of, make_ref=self._make_proxy,
+                            from_opaque=pickle.loads)
+        self._ids = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._reading = False
+        self._replies: dict[int, bytes] = {}
+        self._rbuf = bytearray()
+        self._refs: dict[int, list[int]] = {}   # oid -> [live proxies, receipts]
+        self._refs_lock = threading.Lock()
+        self._dead: collections.deque[int] = collections.deque()
+        self._notes: list[bytes] = []            # notifications to send before the next request
+        self.notify(0, "hello", [os.getpid(), socket.gethostname()])
+
+    def __repr__(self) -> str:
+        return f"<shoal connection to {self.address!r}>"
+
+    # -- references --------------------------------------------------------------------------
+
+    def _ref_of(self, obj: Any) -> tuple[int, str] | None:
+        token = getattr(obj, "_shoal_ref", None)
+        if token is not None and getattr(obj, "_address", None) == self.address:
+            return token()  # type: ignore[no-any-return]
+        return None
+
+    def _make_proxy(self, oid: int, typeid: str) -> Any:
+        with self._refs_lock:
+            entry = self._refs.get(oid)
+            if entry is None:
+                self._refs[oid] = [0, 1]
+            else:
+                entry[1] += 1
+        cls = self.proxy_types.get(typeid)
+        if cls is None:
+            return default_proxy_factory[0](self, oid, typeid)
+        return cls._from_ref(self, oid, typeid)
+
+    def track(self, oid: int, hold: bool) -> None:
+        """A proxy of ``oid`` was made here; ``hold`` asks the server to keep it for us."""
+        with self._refs_lock:
+            entry = self._refs.get(oid)
+            if entry is None:
+                entry = self._refs[oid] = [0, 0]
+            entry[0] += 1
+            if hold:
+                entry[1] += 1
+                self._notes.append(self._frame(_NOTE_RID, [0, "hold", [oid]]))
+
+    def untrack(self, oid: int) -> None:
+        """Called from a proxy's finalizer: only queue (finalizers run at any moment)."""
+        self._dead.append(oid)
+        if self.closed or self.stale:
+            return
+        # Send the release now if nobody is using the connection; else the next call sends it.
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            notes = self._collect_notes()
+            if notes:
+                self.sock.sendall(notes)
+        except Exception:
+            pass
+        finally:
+            self._send_lock.release()
+
+    def _collect_notes(self) -> bytes:
+        """Turn dead proxies into releases; return queued notifications. Holds the send lock."""
+        if not self._refs_lock.acquire(blocking=False):
+            return b""
+        try:
+            dead, refs, notes = self._dead, self._refs, self._notes
+            while dead:
+                oid = dead.popleft()
+                entry = refs.get(oid)
+                if entry is None:
+                    continue
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    del refs[oid]
+                    if entry[1]:
+                        notes.append(self._frame(_NOTE_RID, [0, "release", [oid, entry[1]]]))
+            if not notes:
+                return b""
+            data = b"".join(notes)
+            notes.clear()
+            return data
+        finally:
+            self._refs_lock.release()
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _frame(self, rid: int, msg: list[Any]) -> bytes:
+        body = self._codec.encode(msg)
+        return HEADER.pack(len(body), rid) + body
+
+    def notify(self, oid: int, name: str, args: list[Any]) -> None:
+        """Queue a call whose result nobody waits for; it goes out before the next call."""
+        with self._send_lock:
+            self._notes.append(self._frame(_NOTE_RID, [oid, name, args]))
+
+    def call(self, oid: int, name: str, args: Any = (), kwargs: dict[str, Any] | None = None) -> Any:
+        """Call ``name`` on object ``oid`` in the server; return its result or raise its error."""
+        if self.closed:
+            raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
+        rid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
+        msg = [oid, name, args if type(args) is list else list(args)]
+        if kwargs:
+            msg.append(kwargs)
+        with self._send_lock:
+            frame = self._frame(rid, msg)
+            if self._notes or self._dead:
+                frame = self._collect_notes() + frame
+            try:
+                self.sock.sendall(frame)
+            except OSError as e:
+                self._broken(e)
+        return self._decode_reply(self._wait(rid))
+
+    def _wait(self, rid: int) -> bytes:
+        cond = self._cond
+        with cond:
+            while True:
+                body = self._replies.pop(rid, None)
+                if body is not None:
+                    return body
+                if self.closed:
+                    raise ConnectionLost(f"the shoal server at {self.address!r} went away")
+                if not self._reading:
+                    self._reading = True
+                    break
+                cond.wait()
+        try:
+            while True:
+                got, body = self._read_frame()
+                if got == rid:
+                    return body
+                with cond:
+                    self._replies[got] = body
+                    cond.notify_all()
+        finally:
+            with cond:
+                self._reading = False
+                cond.notify_all()
+
+    def _read_frame(self) -> tuple[int, bytes]:
+        buf = self._rbuf
+        while True:
+            have = len(buf)
+            if have >= 8:
+                length, rid = HEADER.unpack_from(buf)
+                if length > P.MAX_FRAME:
+                    self._broken(ProtocolError(f"the server sent a frame of {length} bytes"))
+                if have >= 8 + length:
+                    body = bytes(buf[8:8 + length])
+                    del buf[:8 + length]
+                    return rid, body
+                want = max(8 + length - have, 262144)
+            else:
+                want = 262144
+            try:
+                chunk = self.sock.recv(want)
+            except OSError as e:
+                self._broken(e)
+            if not chunk:
+                self._broken(None)
+            if not buf and len(chunk) >= 8:
+                # The common case: the chunk is exactly one frame; skip a copy.
+                length, rid = HEADER.unpack_from(chunk)
+                if len(chunk) == 8 + length and length <= P.MAX_FRAME:
+                    return rid, chunk[8:]
+            buf += chunk
+
+    def _broken(self, cause: BaseException | None) -> Any:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self._cond:
+            self._cond.notify_all()
+        try:
+            raise ConnectionLost(
+                f"lost the connection to the shoal server at {self.address!r}"
+                + (f": {cause}" if cause else " (the server closed it)")
+            ) from cause
+        finally:
+            del cause
+
+    def _decode_reply(self, body: bytes) -> Any:
+        status, value = self._codec.decode(body)
+        if status == P.REPLY_OK:
+            return value
+        exc = value if status == P.REPLY_PICKLED_ERROR else _rebuild_error(*value)
+        try:
+            raise exc
+        finally:
+            # Break the cycle frame -> exc -> traceback -> frame, which would keep every proxy
+            # on the stack alive (and held in the server) until the cyclic GC runs.
+            del exc, value
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _rebuild_error(name: str, args: list[Any], message: str) -> BaseException:
+    cls = _BUILTIN_EXCEPTIONS.get(name)
+    if cls is None:
+        return RemoteError(message)
+    try:
+        return cls(*args)  # type: ignore[no-any-return]
+    except Exception:
+        return RemoteError(message)
+
+
+_connections: dict[tuple[Address, bytes], Connection] = {}
+_connections_lock = threading.Lock()
+
+
+def get_connection(address: Address, authkey: bytes) -> Connection:
+    """This process's connection to ``address`` (made on first use)."""
+    key = (address, bytes(authkey))
+    conn = _connections.get(key)
+    if conn is not None and not conn.closed:
+        return conn
+    with _connections_lock:
+        conn = _connections.get(key)
+        if conn is None or conn.closed:
+            conn = _connections[key] = Connection(address, authkey)
+        return conn
+
+
+def forget_connection(conn: Connection) -> None:
+    with _connections_lock:
+        for key, c in list(_connections.items()):
+            if c is conn:
+                del _connections[key]
+    conn.close()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's sockets and locks are not ours: every proxy reconnects on its next call.
+    global _connections_lock
+    _connections_lock = threading.Lock()
+    for conn in _connections.values():
+        conn.stale = True
+        conn.closed = True
+    _connections.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,154 @@
+"""Values on the wire: msgpack with extension types.
+
+Built-in values travel natively and come back with their type; anything else travels as an opaque
+pickle that the server stores as bytes and never unpickles. References to shared objects travel as
+``REF``; each side decides what a reference becomes (a proxy in a client, the object in the server).
+
+Extension codes (they never change meaning; new kinds get new codes):
+
+====  ===========  ==========================================================
+code  name         payload
+====  ===========  ==========================================================
+1     TUPLE        msgpack array of the items
+2     SET          msgpack array of the items
+3     FROZENSET    msgpack array of the items
+4     BIGINT       two's-complement big-endian bytes (ints outside 64 bits)
+5     OPAQUE       a pickle (protocol 5) of any other value, never unpickled by the server
+6     REF          msgpack ``[object id, typeid]`` of a shared object
+7     SLICE        msgpack ``[start, stop, step]``
+====  ===========  ==========================================================
+
+Native: None, bool, int (64-bit), float, str, bytes, list, dict (any hashable keys).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+__all__ = ["Codec", "Opaque", "TUPLE", "SET", "FROZENSET", "BIGINT", "OPAQUE", "REF", "SLICE"]
+
+TUPLE, SET, FROZENSET, BIGINT, OPAQUE, REF, SLICE = 1, 2, 3, 4, 5, 6, 7
+
+ExtType = msgpack.ExtType
+
+
+class Opaque:
+    """A pickled value held by the server as bytes; equal and hashable by those bytes."""
+
+    __slots__ = ("data", "__weakref__")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Opaque and other.data == self.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        return f"<opaque value, {len(self.data)} bytes>"
+
+
+def _no_refs(obj: Any) -> tuple[int, str] | None:
+    return None
+
+
+def _bad_ref(oid: int, typeid: str) -> Any:
+    raise TypeError("this side does not accept references to shared objects")
+
+
+def _unpickle(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+class Codec:
+    """Encodes and decodes values; the three hooks say what references and opaque values mean here.
+
+    ``ref_of(obj)`` returns ``(id, typeid)`` when ``obj`` is a reference to a shared object;
+    ``make_ref(id, typeid)`` turns a received reference into a local object; ``from_opaque(bytes)``
+    turns a received opaque value into a local object (``Opaque`` on the server, unpickled in clients).
+    """
+
+    def __init__(
+        self,
+        ref_of: Callable[[Any], tuple[int, str] | None] = _no_refs,
+        make_ref: Callable[[int, str], Any] = _bad_ref,
+        from_opaque: Callable[[bytes], Any] = _unpickle,
+        pickle_unknown: bool = True,
+    ) -> None:
+        self._ref_of = ref_of
+        self._make_ref = make_ref
+        self._from_opaque = from_opaque
+        self._pickle_unknown = pickle_unknown
+        self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
+
+    def encode(self, obj: Any) -> bytes:
+        """Encode one value. Not thread-safe: the caller serialises use of one Codec."""
+        try:
+            return self._packer.pack(obj)  # type: ignore[no-any-return]
+        except BaseException:
+            self._packer.reset()
+            raise
+
+    def _packb(self, obj: Any) -> bytes:
+        # A fresh packer: the shared one is busy higher up this same call.
+        return msgpack.packb(obj, default=self._default, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
+
+    def _default(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is tuple:
+            return ExtType(TUPLE, self._packb(list(obj)))
+        if t is set:
+            return ExtType(SET, self._packb(list(obj)))
+        if t is frozenset:
+            return ExtType(FROZENSET, self._packb(list(obj)))
+        if t is int:
+            return ExtType(BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big", signed=True))
+        if t is Opaque:
+            return ExtType(OPAQUE, obj.data)
+        if t is slice:
+            return ExtType(SLICE, self._packb([obj.start, obj.stop, obj.step]))
+        ref = self._ref_of(obj)
+        if ref is not None:
+            return ExtType(REF, self._packb(list(ref)))
+        if not self._pickle_unknown:
+            raise TypeError(f"cannot send a value of type {t.__name__!r}")
+        try:
+            return ExtType(OPAQUE, pickle.dumps(obj, protocol=5))
+        except Exception as e:
+            raise TypeError(
+                f"cannot send a value of type {t.__name__!r}: it is not a built-in type and "
+                f"pickling it failed ({e})"
+            ) from e
+
+    def decode(self, data: bytes | memoryview) -> Any:
+        """Decode one value; raises ValueError/TypeError on malformed input."""
+        return msgpack.unpackb(
+            data, ext_hook=self._ext_hook, raw=False, strict_map_key=False, use_list=True
+        )
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code == TUPLE:
+            return tuple(self.decode(data))
+        if code == SET:
+            return set(self.decode(data))
+        if code == FROZENSET:
+            return frozenset(self.decode(data))
+        if code == BIGINT:
+            return int.from_bytes(data, "big", signed=True)
+        if code == OPAQUE:
+            return self._from_opaque(data)
+        if code == REF:
+            oid, typeid = self.decode(data)
+            if type(oid) is not int or type(typeid) is not str:
+                raise ValueError("malformed reference")
+            return self._make_ref(oid, typeid)
+        if code == SLICE:
+            start, stop, step = self.decode(data)
+            return slice(start, stop, step)
+        raise ValueError(f"unknown extension type {code}")

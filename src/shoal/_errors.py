@@ -1,0 +1,35 @@
+"""shoal's own exceptions: one root, named by meaning.
+
+A method's own exception (``KeyError``, ``IndexError`` ...) is raised as itself; the classes here
+are for what only shoal can go wrong with: the transport, authentication and the server.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.managers
+
+__all__ = ["ShoalError", "ConnectionLost", "AuthenticationError", "RemoteError", "ProtocolError"]
+
+
+class ShoalError(Exception):
+    """Root of every exception raised by shoal itself."""
+
+
+class ConnectionLost(ShoalError, ConnectionError):
+    """The connection to the server broke (server gone, socket closed, or process forked mid-call)."""
+
+
+class AuthenticationError(ShoalError, multiprocessing.AuthenticationError):
+    """The peer did not prove it holds the authkey (or we could not prove it to the peer)."""
+
+
+class ProtocolError(ShoalError):
+    """The peer sent bytes that are not shoal's protocol (bad frame, oversized frame, bad message)."""
+
+
+class RemoteError(ShoalError, multiprocessing.managers.RemoteError):
+    """The server failed in a way that has no matching built-in exception; the text says how."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "remote error"

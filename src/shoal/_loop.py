@@ -1,0 +1,149 @@
+"""A small event loop on epoll (poll elsewhere): file handlers, timers, cross-thread calls.
+
+The server needs little from a loop and needs it fast: asyncio's machinery costs more per request
+than a whole loopback round trip (measured: an asyncio echo server answers in ~55 us where this loop
+answers in ~25 us and a blocking socket in ~21 us; see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import os
+import select
+from collections.abc import Callable
+from time import monotonic
+
+__all__ = ["Loop", "Timer", "READ", "WRITE"]
+
+log = logging.getLogger("shoal.server")
+
+READ = select.POLLIN
+WRITE = select.POLLOUT
+_ERR = select.POLLERR | select.POLLHUP
+
+
+class Timer:
+    """A scheduled call; ``cancel()`` makes it a no-op."""
+
+    __slots__ = ("when", "seq", "callback")
+
+    def __init__(self, when: float, seq: int, callback: Callable[[], None] | None) -> None:
+        self.when, self.seq, self.callback = when, seq, callback
+
+    def cancel(self) -> None:
+        self.callback = None
+
+    def __lt__(self, other: Timer) -> bool:
+        return (self.when, self.seq) < (other.when, other.seq)
+
+
+class Loop:
+    """Run handlers for ready file descriptors, due timers and calls posted from other threads."""
+
+    def __init__(self) -> None:
+        if hasattr(select, "epoll"):
+            self._poller = select.epoll()
+            self._scale = 1.0          # epoll takes seconds
+        else:  # pragma: no cover - non-Linux
+            self._poller = select.poll()  # type: ignore[assignment]
+            self._scale = 1000.0       # poll takes milliseconds
+        self._handlers: dict[int, Callable[[int], None]] = {}
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._after: list[Callable[[], None]] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.add(self._wake_r, READ, self._drain_wakeups)
+        self.running = False
+
+    def add(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        self._handlers[fd] = handler
+        self._poller.register(fd, events)
+
+    def modify(self, fd: int, events: int) -> None:
+        self._poller.modify(fd, events)
+
+    def remove(self, fd: int) -> None:
+        if self._handlers.pop(fd, None) is not None:
+            try:
+                self._poller.unregister(fd)
+            except (OSError, ValueError, KeyError):
+                pass
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        t = Timer(monotonic() + delay, next(self._seq), callback)
+        heapq.heappush(self._timers, t)
+        return t
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in the loop's thread; safe from any thread."""
+        self._calls.append(callback)
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending (pipe full) or the loop is closed
+
+    def after_each_turn(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after every batch of events (used to flush replies in one write)."""
+        self._after.append(callback)
+
+    def _drain_wakeups(self, events: int) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def run(self) -> None:
+        self.running = True
+        handlers, timers, calls, after = self._handlers, self._timers, self._calls, self._after
+        poll = self._poller.poll
+        while self.running:
+            if calls:
+                timeout = 0.0
+            elif timers:
+                timeout = max(0.0, timers[0].when - monotonic()) * self._scale
+            else:
+                timeout = -1
+            try:
+                events = poll(timeout)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+            for fd, ev in events:
+                handler = handlers.get(fd)
+                if handler is not None:
+                    self._guard(handler, ev)
+            if timers:
+                now = monotonic()
+                while timers and timers[0].when <= now:
+                    cb = heapq.heappop(timers).callback
+                    if cb is not None:
+                        self._guard(cb)
+            while calls:
+                self._guard(calls.popleft())
+            for cb in after:
+                self._guard(cb)
+
+    def _guard(self, fn: Callable[..., None], *args: int) -> None:
+        # One failing handler must not take the server down with it.
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("internal error in the server loop (the server goes on)")
+
+    def stop(self) -> None:
+        self.running = False
+        self.call_soon_threadsafe(lambda: None)
+
+    def close(self) -> None:
+        self._poller.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

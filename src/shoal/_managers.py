@@ -1,0 +1,345 @@
+"""Managers: multiprocessing.managers' BaseManager/SyncManager surface on shoal's server.
+
+``Manager()`` starts a server process and connects to it; ``connect(address)`` reaches a running
+one. The registry works as in multiprocessing: ``register(typeid, callable, proxytype, ...)``
+adds a ``manager.typeid(...)`` method. Types registered with no callable are the server's own
+(dict, list, ...); those with a callable are custom types whose code runs in the server.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing import process, util
+from typing import Any
+
+from . import _client
+from ._client import get_connection
+from ._errors import ConnectionLost
+from ._proxies import (ArrayProxy, AutoProxy, BaseProxy, DictProxy, ListProxy, NamespaceProxy,
+                       Token, ValueProxy)
+from ._server import Registration, Server
+from ._transport import Address, parse_address
+
+__all__ = ["BaseManager", "SyncManager", "Manager", "connect", "ServerHandle"]
+
+INITIAL, STARTED, SHUTDOWN = "initial", "started", "shutdown"
+
+
+class _State:
+    value = INITIAL
+
+
+class ServerHandle:
+    """What ``BaseManager.get_server()`` returns: a server to run in this process."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.address = server.address
+
+    def serve_forever(self) -> None:
+        """Serve until the server is shut down (``manager.shutdown()`` from a client) or SIGINT."""
+        try:
+            self._server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+    def stop(self) -> None:
+        self._server.loop.call_soon_threadsafe(self._server.stop)
+
+
+class BaseManager:
+    """Start or reach a shoal server and make shared objects in it.
+
+    Parameters are multiprocessing.managers.BaseManager's, plus:
+
+    ``nested``: ``"share"`` (default) makes plain dicts and lists stored in shared containers
+    shared themselves, so ``d['k'][i] = v`` lands; ``"copy"`` keeps Manager's old copy-on-read.
+
+    Example::
+
+        with shoal.SyncManager() as m:
+            d = m.dict()
+            d['row'] = {}
+            d['row'][1] = 2          # lands: d == {'row': {1: 2}}
+    """
+
+    _registry: dict[str, dict[str, Any]] = {}
+    _nested_default = "share"
+
+    def __init__(self, address: Any = None, authkey: bytes | None = None,
+                 serializer: str = "pickle", ctx: Any = None, *, shutdown_timeout: float = 1.0,
+                 nested: str | None = None, persist: Any = None, fsync: str = "everysec") -> None:
+        if authkey is None:
+            authkey = process.current_process().authkey
+        nested = nested or self._nested_default
+        if nested not in ("share", "copy"):
+            raise ValueError(f"nested must be 'share' or 'copy', not {nested!r}")
+        if persist is not None:
+            raise NotImplementedError("persist= is not available yet")
+        self._address: Address | None = parse_address(address) if address is not None else None
+        self._authkey = process.AuthenticationString(authkey)
+        self._serializer = serializer
+        self._ctx = ctx or multiprocessing.get_context()
+        self._shutdown_timeout = shutdown_timeout
+        self._nested = nested
+        self._state = _State()
+        self._process: Any = None
+        self._conn: _client.Connection | None = None
+
+    @property
+    def address(self) -> Address | None:
+        """The server's address (with the real port when it was started on port 0)."""
+        return self._address
+
+    # -- registry ----------------------------------------------------------------------------
+
+    @classmethod
+    def register(cls, typeid: str, callable: Callable[..., Any] | None = None,
+                 proxytype: Any = None, exposed: Any = None,
+                 method_to_typeid: dict[str, str] | None = None,
+                 create_method: bool = True) -> None:
+        """Register a type: ``manager.typeid(*args)`` makes one in the server and returns a proxy.
+
+        ``callable`` runs in the server (its arguments are unpickled there: register only code
+        you trust). ``proxytype`` defaults to an automatic proxy of the ``exposed`` methods
+        (default: the object's public methods). ``method_to_typeid`` maps a method to the typeid
+        of what it returns, which then comes back as a proxy.
+        """
+        if "_registry" not in cls.__dict__:
+            cls._registry = cls._registry.copy()
+        if proxytype is None:
+            proxytype = AutoProxy
+        exposed = exposed or getattr(proxytype, "_exposed_", None)
+        method_to_typeid = method_to_typeid or getattr(proxytype, "_method_to_typeid_", None)
+        if method_to_typeid:
+            for key, value in list(method_to_typeid.items()):
+                assert type(key) is str, f"{key!r} is not a string"
+                assert type(value) is str, f"{value!r} is not a string"
+        cls._registry[typeid] = {"callable": callable, "exposed": exposed,
+                                 "method_to_typeid": method_to_typeid, "proxytype": proxytype}
+        if create_method:
+            def temp(self: BaseManager, /, *args: Any, **kwds: Any) -> Any:
+                return self._create_proxy(typeid, args, kwds)
+            temp.__name__ = typeid
+            setattr(cls, typeid, temp)
+
+    def _server_registry(self) -> dict[str, Registration]:
+        return {t: Registration(r["callable"], r["exposed"], r["method_to_typeid"])
+                for t, r in self._registry.items() if r["callable"] is not None}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def get_server(self) -> ServerHandle:
+        """A server for this manager's address, to run here with ``serve_forever()``."""
+        if self._state.value != INITIAL:
+            raise RuntimeError(f"Server already started (state {self._state.value})")
+        server = Server(self._address, bytes(self._authkey), registry=self._server_registry(),
+                        nested=self._nested)
+        self._address = server.address
+        return ServerHandle(server)
+
+    def connect(self) -> None:
+        """Connect to a server already running at ``address``."""
+        if self._address is None:
+            raise ValueError("connect() needs the address of a running server")
+        self._conn = get_connection(self._address, bytes(self._authkey))
+        self._install_proxytypes()
+        self._state.value = STARTED
+
+    def start(self, initializer: Callable[..., Any] | None = None, initargs: Any = ()) -> None:
+        """Start a server process; it ends with ``shutdown()`` or when this process dies."""
+        if self._state.value != INITIAL:
+            if self._state.value == STARTED:
+                raise multiprocessing.ProcessError("Already started server")
+            if self._state.value == SHUTDOWN:
+                raise multiprocessing.ProcessError("Manager has shut down")
+            raise multiprocessing.ProcessError(f"Unknown state {self._state.value!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        reader, writer = multiprocessing.connection.Pipe(duplex=False)
+        self._process = self._ctx.Process(
+            target=type(self)._run_server,
+            args=(self._server_registry(), self._address, bytes(self._authkey), self._nested,
+                  os.getpid(), writer, initializer, initargs),
+        )
+        ident = ":".join(str(i) for i in self._process._identity)
+        self._process.name = type(self).__name__ + "-" + ident
+        self._process.start()
+        writer.close()
+        try:
+            result = reader.recv()
+        except EOFError:
+            self._process.join(1)
+            raise ConnectionLost("the shoal server process died while starting") from None
+        finally:
+            reader.close()
+        if isinstance(result, BaseException):
+            self._process.join(1)
+            raise result
+        self._address = result
+        self._conn = get_connection(self._address, bytes(self._authkey))
+        self._install_proxytypes()
+        self._state.value = STARTED
+        self.shutdown = util.Finalize(
+            self, type(self)._finalize_manager,
+            args=(self._process, self._address, self._authkey, self._state,
+                  self._shutdown_timeout),
+            exitpriority=0,
+        )
+
+    @classmethod
+    def _run_server(cls, registry: dict[str, Registration], address: Address | None,
+                    authkey: bytes, nested: str, owner_pid: int, writer: Any,
+                    initializer: Callable[..., Any] | None = None, initargs: Any = ()) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the owner, who shuts us down
+        if initializer is not None:
+            initializer(*initargs)
+        try:
+            server = Server(address, authkey, registry=registry, nested=nested,
+                            owner_pid=owner_pid)
+        except Exception as e:
+            writer.send(e)
+            writer.close()
+            return
+        writer.send(server.address)
+        writer.close()
+        server.serve_forever()
+
+    @staticmethod
+    def _finalize_manager(proc: Any, address: Address, authkey: bytes, state: _State,
+                          shutdown_timeout: float) -> None:
+        if proc.is_alive():
+            try:
+                conn = get_connection(address, bytes(authkey))
+                conn.call(0, "shutdown")
+            except Exception:
+                pass
+            proc.join(timeout=shutdown_timeout)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=shutdown_timeout)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+        state.value = SHUTDOWN
+        for key, conn in list(_client._connections.items()):
+            if key[0] == address:
+                _client.forget_connection(conn)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the server process to end."""
+        if self._process is not None:
+            self._process.join(timeout)
+            if not self._process.is_alive():
+                self._process = None
+
+    def __enter__(self) -> BaseManager:
+        if self._state.value == INITIAL:
+            self.start()
+        if self._state.value != STARTED:
+            raise multiprocessing.ProcessError(f"Unable to start server (state {self._state.value})")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutdown = getattr(self, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a shoal manager cannot be pickled; pass its proxies instead")
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _connection(self) -> _client.Connection:
+        if self._state.value != STARTED:
+            raise multiprocessing.ProcessError(
+                f"the manager is not running (state {self._state.value}): start() or connect() first")
+        conn = self._conn
+        if conn is None or conn.closed:
+            assert self._address is not None
+            conn = self._conn = get_connection(self._address, bytes(self._authkey))
+            self._install_proxytypes()
+        return conn
+
+    def _install_proxytypes(self) -> None:
+        assert self._conn is not None
+        mapping = dict(_client.proxy_types)
+        for typeid, r in self._registry.items():
+            mapping[typeid] = r["proxytype"]
+        self._conn.proxy_types = mapping
+
+    def _create(self, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Token, Any]:
+        proxy = self._connection().call(0, "create", [typeid, list(args), kwds])
+        proxy._manager = self
+        return proxy._token, proxy._exposed_
+
+    def _create_proxy(self, typeid: str, args: Any, kwds: Any) -> Any:
+        proxy = self._connection().call(0, "create", [typeid, list(args), kwds])
+        proxy._manager = self
+        return proxy
+
+    @property
+    def root(self) -> DictProxy:
+        """The server's root dict: the same object in every client."""
+        return self._connection().call(0, "root")  # type: ignore[no-any-return]
+
+    def _number_of_objects(self) -> int:
+        """How many shared objects the server holds (besides its root)."""
+        return self._connection().call(0, "number_of_objects")  # type: ignore[no-any-return]
+
+    def _debug_info(self) -> str:
+        """One line per shared object the server holds."""
+        return self._connection().call(0, "debug_info")  # type: ignore[no-any-return]
+
+
+def _make_proxy_from_ref(proxytype: Any) -> Any:
+    return proxytype
+
+
+class SyncManager(BaseManager):
+    """A manager with the built-in shared types (dict, list, Namespace, Value, Array, ...)."""
+
+
+for _typeid, _proxytype in (("dict", DictProxy), ("list", ListProxy),
+                            ("Namespace", NamespaceProxy), ("Value", ValueProxy),
+                            ("Array", ArrayProxy)):
+    SyncManager.register(_typeid, None, _proxytype)
+
+
+def _apply_to_autoproxy() -> None:
+    # A registered type whose proxytype is AutoProxy needs a per-typeid class when it comes back
+    # in a reply (not only from the manager's own method): AutoProxy knows how to make one.
+    pass
+
+
+def Manager(*, address: Any = None, authkey: bytes | None = None, nested: str = "share",
+            persist: Any = None, fsync: str = "everysec", ctx: Any = None) -> SyncManager:
+    """Start a shoal server and return its started SyncManager (like multiprocessing.Manager()).
+
+    Example::
+
+        import shoal
+        with shoal.Manager() as m:
+            counts = m.dict()
+            counts.incr("hits")
+    """
+    m = SyncManager(address=address, authkey=authkey, nested=nested, persist=persist,
+                    fsync=fsync, ctx=ctx)
+    m.start()
+    return m
+
+
+def connect(address: Any, authkey: bytes | None = None) -> SyncManager:
+    """A SyncManager connected to the running server at ``address``
+    (a socket path, ``(host, port)``, ``"tcp://host:port"``)."""
+    m = SyncManager(address=address, authkey=authkey)
+    m.connect()
+    return m
+
+
+_ = threading

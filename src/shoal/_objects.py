@@ -1,0 +1,483 @@
+"""Shared objects as the server holds them: dict, list, Namespace, Value, Array, custom types.
+
+Every method the wire may call is marked with ``@op(name)``; nothing else is reachable. Methods run
+in the server's single loop thread, one at a time, so each is atomic with no lock. Values are kept
+as plain Python objects (ints, strs, tuples, ``Opaque`` blobs ...) with no wrapper per entry; a
+nested container is another shared object stored directly in its parent.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+__all__ = ["Shared", "SDict", "SList", "SNamespace", "SValue", "SArray", "SCustom", "op", "plain",
+           "PENDING", "NATIVE_TYPES"]
+
+PENDING = object()   # an op's result meaning "the reply is sent later" (blocking primitives)
+_LEAF = frozenset({int, str, float, bool, bytes, type(None)})
+
+
+def op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method as callable from the wire under ``names``."""
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn._wire_names = names  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+class Shared:
+    """Base of every object in the server's table."""
+
+    __slots__ = ("oid", "server", "__weakref__")
+    typeid = "object"
+    OPS: dict[str, Callable[..., Any]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        ops = dict(cls.OPS)
+        for attr in vars(cls).values():
+            for name in getattr(attr, "_wire_names", ()):
+                ops[name] = attr
+        cls.OPS = ops
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.oid = server.register(self)
+
+    @classmethod
+    def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
+        """Make one from the arguments of ``manager.<typeid>(*args, **kw)``."""
+        return cls(server, *args, **kw)
+
+    def fallback(self, name: str) -> Callable[..., Any]:
+        raise AttributeError(f"shared {self.typeid} has no method {name!r}")
+
+    def describe(self) -> str:
+        return f"{self.typeid} #{self.oid}"
+
+    def size(self) -> int:
+        return 0
+
+
+def plain(v: Any, active: set[int] | None = None) -> Any:
+    """A deep copy of ``v`` with shared dicts and lists turned into plain ones.
+
+    A container met again inside itself stays a reference (it would otherwise never end).
+    """
+    t = type(v)
+    if t in _LEAF:
+        return v
+    if t is SDict or t is SList:
+        if active is None:
+            active = set()
+        if v.oid in active:
+            return v
+        active.add(v.oid)
+        try:
+            return plain(v.data, active)
+        finally:
+            active.discard(v.oid)
+    if t is dict:
+        return {k: plain(x, active) for k, x in v.items()}
+    if t is list:
+        return [plain(x, active) for x in v]
+    if t is tuple:
+        return tuple(plain(x, active) for x in v)
+    return v
+
+
+def _items(x: Any) -> Any:
+    """The items of an iterable argument; a shared container passed by reference gives its own."""
+    if isinstance(x, SList):
+        return list(x.data)
+    if isinstance(x, SDict):
+        return list(x.data)
+    if isinstance(x, (str, bytes, list, tuple, set, frozenset, dict)):
+        return x
+    raise TypeError(f"'{type(x).__name__}' object is not iterable")
+
+
+class SDict(Shared):
+    __slots__ = ("data",)
+    typeid = "dict"
+
+    def __init__(self, server: Server, data: dict[Any, Any] | None = None) -> None:
+        super().__init__(server)
+        share = server.share
+        self.data = {k: share(v) for k, v in data.items()} if data else {}
+
+    @classmethod
+    def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
+        return cls(server, dict(*[a.data if isinstance(a, SDict) else a for a in args], **kw))
+
+    def size(self) -> int:
+        return len(self.data)
+
+    @op("__getitem__")
+    def getitem(self, key: Any) -> Any:
+        return self.data[key]
+
+    @op("__setitem__")
+    def setitem(self, key: Any, value: Any) -> None:
+        self.data[key] = self.server.share(value)
+
+    @op("__delitem__")
+    def delitem(self, key: Any) -> None:
+        del self.data[key]
+
+    @op("__contains__")
+    def contains(self, key: Any) -> bool:
+        return key in self.data
+
+    @op("__len__")
+    def len(self) -> int:
+        return len(self.data)
+
+    @op("keys", "__iter__")
+    def keys(self) -> list[Any]:
+        return list(self.data)
+
+    @op("values")
+    def values(self) -> list[Any]:
+        return list(self.data.values())
+
+    @op("items")
+    def items(self) -> list[Any]:
+        return list(self.data.items())
+
+    @op("get")
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    @op("get_many")
+    def get_many(self, keys: list[Any], default: Any = None) -> list[Any]:
+        get = self.data.get
+        return [get(k, default) for k in keys]
+
+    @op("pop")
+    def pop(self, key: Any, *default: Any) -> Any:
+        return self.data.pop(key, *default)
+
+    @op("popitem")
+    def popitem(self) -> tuple[Any, Any]:
+        return self.data.popitem()
+
+    @op("setdefault")
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        data = self.data
+        if key in data:
+            return data[key]
+        value = data[key] = self.server.share(default)
+        return value
+
+    @op("update")
+    def update(self, other: Any = (), **kw: Any) -> None:
+        share = self.server.share
+        if isinstance(other, SDict):
+            other = other.data
+        if isinstance(other, dict):
+            pairs: Iterable[Any] = other.items()
+        else:
+            pairs = _items(other)
+        new = {}
+        for pair in pairs:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise TypeError("dictionary update sequence element is not a (key, value) pair")
+            new[pair[0]] = share(pair[1])
+        for k, v in kw.items():
+            new[k] = share(v)
+        self.data.update(new)
+
+    @op("clear")
+    def clear(self) -> None:
+        self.data.clear()
+
+    @op("copy", "_getvalue")
+    def copy(self) -> dict[Any, Any]:
+        return plain(self)  # type: ignore[no-any-return]
+
+    @op("incr")
+    def incr(self, key: Any, by: Any = 1, default: Any = 0) -> Any:
+        value = self.data.get(key, default)
+        if type(value) not in (int, float) or type(by) not in (int, float):
+            raise TypeError(f"incr needs numbers: the value at {key!r} is {type(value).__name__}, "
+                            f"the increment is {type(by).__name__}")
+        self.data[key] = value = value + by
+        return value
+
+    @op("cas")
+    def cas(self, key: Any, expected: Any, new: Any) -> bool:
+        if self.data.get(key) != expected:
+            return False
+        self.data[key] = self.server.share(new)
+        return True
+
+
+class SList(Shared):
+    __slots__ = ("data",)
+    typeid = "list"
+
+    def __init__(self, server: Server, data: Iterable[Any] = ()) -> None:
+        super().__init__(server)
+        share = server.share
+        self.data = [share(v) for v in data]
+
+    @classmethod
+    def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
+        if kw or len(args) > 1:
+            raise TypeError("list expected at most 1 argument")
+        return cls(server, _items(args[0]) if args else ())
+
+    def size(self) -> int:
+        return len(self.data)
+
+    @op("__getitem__")
+    def getitem(self, index: Any) -> Any:
+        return self.data[index]
+
+    @op("__setitem__")
+    def setitem(self, index: Any, value: Any) -> None:
+        share = self.server.share
+        if type(index) is slice:
+            self.data[index] = [share(v) for v in _items(value)]
+        else:
+            self.data[index] = share(value)
+
+    @op("__delitem__")
+    def delitem(self, index: Any) -> None:
+        del self.data[index]
+
+    @op("__len__")
+    def len(self) -> int:
+        return len(self.data)
+
+    @op("__contains__")
+    def contains(self, value: Any) -> bool:
+        return value in self.data
+
+    @op("append")
+    def append(self, value: Any) -> None:
+        self.data.append(self.server.share(value))
+
+    @op("extend", "__iadd__")
+    def extend(self, values: Any) -> None:
+        share = self.server.share
+        self.data.extend([share(v) for v in _items(values)])
+
+    @op("__imul__")
+    def imul(self, n: int) -> None:
+        self.data *= n
+
+    @op("insert")
+    def insert(self, index: int, value: Any) -> None:
+        self.data.insert(index, self.server.share(value))
+
+    @op("pop")
+    def pop(self, index: int = -1) -> Any:
+        return self.data.pop(index)
+
+    @op("remove")
+    def remove(self, value: Any) -> None:
+        self.data.remove(value)
+
+    @op("index")
+    def index(self, value: Any, *args: int) -> int:
+        return self.data.index(value, *args)
+
+    @op("count")
+    def count(self, value: Any) -> int:
+        return self.data.count(value)
+
+    @op("sort")
+    def sort(self, reverse: bool = False) -> None:
+        self.data.sort(reverse=bool(reverse))
+
+    @op("reverse")
+    def reverse(self) -> None:
+        self.data.reverse()
+
+    @op("clear")
+    def clear(self) -> None:
+        self.data.clear()
+
+    @op("copy", "_getvalue")
+    def copy(self) -> list[Any]:
+        return plain(self)  # type: ignore[no-any-return]
+
+    @op("replace_if")
+    def replace_if(self, expected: list[Any], new: list[Any]) -> bool:
+        """Replace the whole content when it still equals ``expected`` (sort with a key)."""
+        if self.data != expected:
+            return False
+        share = self.server.share
+        self.data[:] = [share(v) for v in new]
+        return True
+
+
+class SNamespace(Shared):
+    __slots__ = ("attrs",)
+    typeid = "Namespace"
+
+    def __init__(self, server: Server, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(server)
+        share = server.share
+        self.attrs = {k: share(v) for k, v in (attrs or {}).items()}
+
+    @classmethod
+    def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
+        if args:
+            raise TypeError("Namespace takes keyword arguments only")
+        return cls(server, kw)
+
+    def size(self) -> int:
+        return len(self.attrs)
+
+    @op("__getattribute__")
+    def getattr(self, name: str) -> Any:
+        try:
+            return self.attrs[name]
+        except KeyError:
+            raise AttributeError(f"'Namespace' object has no attribute {name!r}") from None
+
+    @op("__setattr__")
+    def setattr(self, name: str, value: Any) -> None:
+        if type(name) is not str:
+            raise TypeError("attribute name must be string")
+        self.attrs[name] = self.server.share(value)
+
+    @op("__delattr__")
+    def delattr(self, name: str) -> None:
+        try:
+            del self.attrs[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @op("_dict", "_getvalue")
+    def dict(self) -> dict[str, Any]:
+        return plain(self.attrs)  # type: ignore[no-any-return]
+
+
+class SValue(Shared):
+    __slots__ = ("typecode", "value")
+    typeid = "Value"
+
+    def __init__(self, server: Server, typecode: Any, value: Any, lock: Any = True) -> None:
+        super().__init__(server)
+        self.typecode = typecode
+        self.value = server.share(value)
+
+    @op("get")
+    def get(self) -> Any:
+        return self.value
+
+    @op("set")
+    def set(self, value: Any) -> None:
+        self.value = self.server.share(value)
+
+    @op("_typecode")
+    def get_typecode(self) -> Any:
+        return self.typecode
+
+    @op("incr")
+    def incr(self, by: Any = 1) -> Any:
+        if type(self.value) not in (int, float) or type(by) not in (int, float):
+            raise TypeError("incr needs a number")
+        self.value += by
+        return self.value
+
+
+class SArray(Shared):
+    __slots__ = ("array",)
+    typeid = "Array"
+
+    def __init__(self, server: Server, typecode: str, sequence: Any, lock: Any = True) -> None:
+        super().__init__(server)
+        if isinstance(sequence, int) and not isinstance(sequence, bool):
+            sequence = [0] * sequence
+        self.array = array.array(typecode, _items(sequence))
+
+    def size(self) -> int:
+        return len(self.array)
+
+    @op("__len__")
+    def len(self) -> int:
+        return len(self.array)
+
+    @op("__getitem__")
+    def getitem(self, index: Any) -> Any:
+        if type(index) is slice:
+            return self.array[index].tolist()
+        return self.array[index]
+
+    @op("__setitem__")
+    def setitem(self, index: Any, value: Any) -> None:
+        if type(index) is slice:
+            value = array.array(self.array.typecode, _items(value))
+        self.array[index] = value
+
+    @op("tolist", "_getvalue", "copy")
+    def tolist(self) -> list[Any]:
+        return self.array.tolist()
+
+    @op("_typecode")
+    def get_typecode(self) -> str:
+        return self.array.typecode
+
+
+class SCustom(Shared):
+    """An object made by a callable registered with ``BaseManager.register``.
+
+    Its methods are user code: they run in the server's worker threads (they may block, as a
+    ``queue.Queue.get`` does), and their arguments are unpickled, by design (see docs/security.md).
+    """
+
+    __slots__ = ("obj", "typeid_", "exposed", "method_to_typeid")
+
+    def __init__(self, server: Server, obj: Any, typeid: str, exposed: Iterable[str] | None,
+                 method_to_typeid: dict[str, str] | None) -> None:
+        super().__init__(server)
+        self.obj = obj
+        self.typeid_ = typeid
+        self.exposed = frozenset(exposed) if exposed is not None else public_methods(obj)
+        self.method_to_typeid = method_to_typeid or {}
+
+    @property
+    def typeid(self) -> str:  # type: ignore[override]
+        return self.typeid_
+
+    def fallback(self, name: str) -> Callable[..., Any]:
+        if name not in self.exposed:
+            raise AttributeError(f"method {name!r} of {type(self.obj)!r} object is not in the "
+                                 f"list of allowed methods")
+        return self.server.custom_call(self, name)
+
+    @op("__repr__")
+    def repr(self) -> str:
+        return repr(self.obj)
+
+    @op("__str__")
+    def str(self) -> str:
+        return str(self.obj)
+
+    @op("#GETVALUE", "_getvalue")
+    def getvalue(self) -> Any:
+        return self.obj
+
+    @op("_exposed")
+    def get_exposed(self) -> list[str]:
+        return sorted(self.exposed)
+
+
+def public_methods(obj: Any) -> frozenset[str]:
+    return frozenset(name for name in dir(obj)
+                     if not name.startswith("_") and callable(getattr(obj, name, None)))
+
+
+NATIVE_TYPES: dict[str, Any] = {
+    "dict": SDict, "list": SList, "Namespace": SNamespace, "Value": SValue, "Array": SArray,
+}

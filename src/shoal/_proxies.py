@@ -1,0 +1,502 @@
+"""Proxies: local stand-ins for shared objects, written by hand on ``collections.abc``.
+
+Each method is one round trip to the server. Reading a nested container gives another proxy, so
+writes through it land. ``copy()``, ``dict(p)``, ``list(p)`` and ``shoal.unwrap`` give plain local
+copies; ``repr``/``==`` work on such a copy, as on the local type.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
+from multiprocessing import process
+from multiprocessing.context import get_spawning_popen
+from typing import Any, NamedTuple
+
+from . import _client
+from ._client import Connection, get_connection
+from ._transport import Address
+
+__all__ = ["Token", "BaseProxy", "DictProxy", "ListProxy", "NamespaceProxy", "ValueProxy",
+           "ArrayProxy", "AutoProxy", "make_proxy_type", "unwrap"]
+
+
+class Token(NamedTuple):
+    """What identifies a shared object: its type, its server and its id there."""
+
+    typeid: str
+    address: Address
+    id: int
+
+
+_repr_guard = threading.local()
+
+
+def _guarded_repr(proxy: BaseProxy, render: Any) -> str:
+    active = getattr(_repr_guard, "active", None)
+    if active is None:
+        active = _repr_guard.active = set()
+    key = (proxy._address, proxy._id)
+    if key in active:
+        return "{...}" if isinstance(proxy, DictProxy) else "[...]"
+    active.add(key)
+    try:
+        return render()  # type: ignore[no-any-return]
+    finally:
+        active.discard(key)
+
+
+class BaseProxy:
+    """Base of all proxies; ``_callmethod(name, args, kwds)`` calls a method on the referent.
+
+    The signature is multiprocessing.managers.BaseProxy's, so proxy classes written for Manager
+    work unchanged.
+    """
+
+    _exposed_: tuple[str, ...] | None = None
+    _conn: Connection
+    _tracked = False
+
+    def __init__(self, token: Token, serializer: Any = None, manager: Any = None,
+                 authkey: bytes | None = None, exposed: Any = None, incref: bool = True,
+                 manager_owned: bool = False) -> None:
+        if authkey is None:
+            authkey = manager._authkey if manager is not None else process.current_process().authkey
+        conn = get_connection(token.address, bytes(authkey))  # type: ignore[arg-type]
+        self._setup(token, conn, manager, exposed, incref)
+
+    def _setup(self, token: Token, conn: Connection, manager: Any, exposed: Any,
+               incref: bool) -> None:
+        self._token = token
+        self._id = token.id
+        self._address = token.address
+        self._authkey = process.AuthenticationString(conn.authkey)
+        self._manager = manager
+        self._serializer = "shoal"
+        if exposed is not None:
+            self._exposed_ = tuple(exposed)
+        self._conn = conn
+        conn.track(token.id, hold=incref)
+        self._tracked = True
+
+    @classmethod
+    def _from_ref(cls, conn: Connection, oid: int, typeid: str) -> BaseProxy:
+        self = cls.__new__(cls)
+        self._setup(Token(typeid, conn.address, oid), conn, None, None, False)
+        return self
+
+    def _shoal_ref(self) -> tuple[int, str]:
+        return self._id, self._token.typeid
+
+    def __del__(self) -> None:
+        if self._tracked:
+            try:
+                self._conn.untrack(self._id)
+            except Exception:
+                pass
+
+    def _reconnect(self) -> Connection:
+        # After fork (or a broken connection): this process needs its own connection, and the
+        # server must learn that this connection now holds the object.
+        conn = get_connection(self._address, bytes(self._authkey))
+        conn.track(self._id, hold=True)
+        self._conn = conn
+        return conn
+
+    def _call(self, name: str, *args: Any) -> Any:
+        conn = self._conn
+        if conn.closed:
+            conn = self._reconnect()
+        return conn.call(self._id, name, args)
+
+    def _callmethod(self, methodname: str, args: Iterable[Any] = (),
+                    kwds: dict[str, Any] | None = None) -> Any:
+        """Call ``methodname`` on the shared object (Manager's API)."""
+        conn = self._conn
+        if conn.closed:
+            conn = self._reconnect()
+        return conn.call(self._id, methodname, list(args), kwds or None)
+
+    def _getvalue(self) -> Any:
+        """A local copy of the shared object."""
+        return self._callmethod("_getvalue")
+
+    def _incref(self) -> None:
+        self._conn.track(self._id, hold=True)
+
+    def __reduce__(self) -> Any:
+        authkey = bytes(self._authkey) if get_spawning_popen() is not None else None
+        return (_rebuild, (type(self), self._token, authkey, self._exposed_))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} object, typeid {self._token.typeid!r} at {id(self):#x}>"
+
+    def __str__(self) -> str:
+        try:
+            return self._callmethod("__repr__")  # type: ignore[no-any-return]
+        except Exception:
+            return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def _rebuild(cls: type[BaseProxy], token: Token, authkey: bytes | None,
+             exposed: Any = None) -> BaseProxy:
+    if authkey is None:
+        authkey = bytes(process.current_process().authkey)
+    if getattr(process.current_process(), "_inheriting", False):
+        pass  # the parent's reference travels with the child; we hold our own all the same
+    return cls(token, authkey=authkey, exposed=exposed)
+
+
+class DictProxy(BaseProxy, MutableMapping[Any, Any]):
+    """A shared dict. Also: ``incr``, ``cas`` and ``get_many``, each one atomic round trip."""
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._call("__getitem__", key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._call("__setitem__", key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._call("__delitem__", key)
+
+    def __contains__(self, key: object) -> bool:
+        return self._call("__contains__", key)  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return self._call("__len__")  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._call("keys"))
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self._call("keys"))
+
+    def keys(self) -> list[Any]:  # type: ignore[override]
+        """The keys, as a list (one round trip; Manager gives a list too)."""
+        return self._call("keys")  # type: ignore[no-any-return]
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return self._call("values")  # type: ignore[no-any-return]
+
+    def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
+        return self._call("items")  # type: ignore[no-any-return]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._call("get", key, default)
+
+    def get_many(self, keys: Iterable[Any], default: Any = None) -> list[Any]:
+        """``[d.get(k, default) for k in keys]`` in one round trip."""
+        return self._call("get_many", list(keys), default)  # type: ignore[no-any-return]
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        return self._call("pop", key, *default)
+
+    def popitem(self) -> tuple[Any, Any]:
+        return self._call("popitem")  # type: ignore[no-any-return]
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        return self._call("setdefault", key, default)
+
+    def update(self, other: Any = (), /, **kw: Any) -> None:  # type: ignore[override]
+        if not isinstance(other, (dict, DictProxy, list, tuple)):
+            other = dict(other) if hasattr(other, "keys") else list(other)
+        if kw:
+            self._callmethod("update", [other], kw)
+        else:
+            self._call("update", other)
+
+    def clear(self) -> None:
+        self._call("clear")
+
+    def copy(self) -> dict[Any, Any]:
+        """A plain, deep, local copy."""
+        return self._call("copy")  # type: ignore[no-any-return]
+
+    def incr(self, key: Any, by: int | float = 1, default: int | float = 0) -> Any:
+        """Add ``by`` to ``d[key]`` (``default`` when missing) atomically; return the new value."""
+        return self._call("incr", key, by, default)
+
+    def cas(self, key: Any, expected: Any, new: Any) -> bool:
+        """Set ``d[key] = new`` if ``d.get(key) == expected``, atomically; say whether it did."""
+        return self._call("cas", key, expected, new)  # type: ignore[no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DictProxy):
+            other = other.copy()
+        return self.copy() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __or__(self, other: Any) -> dict[Any, Any]:
+        return self.copy() | (other.copy() if isinstance(other, DictProxy) else other)
+
+    def __ror__(self, other: Any) -> dict[Any, Any]:
+        return other | self.copy()  # type: ignore[no-any-return]
+
+    def __ior__(self, other: Any) -> DictProxy:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def __repr__(self) -> str:
+        return _guarded_repr(self, lambda: repr(self.copy()))
+
+    __str__ = __repr__
+
+
+class ListProxy(BaseProxy, MutableSequence[Any]):
+    """A shared list."""
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._call("__getitem__", index)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(index, slice) and not isinstance(value, (list, tuple, ListProxy)):
+            value = list(value)
+        self._call("__setitem__", index, value)
+
+    def __delitem__(self, index: Any) -> None:
+        self._call("__delitem__", index)
+
+    def __len__(self) -> int:
+        return self._call("__len__")  # type: ignore[no-any-return]
+
+    def __contains__(self, value: object) -> bool:
+        return self._call("__contains__", value)  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._call("__getitem__", slice(None)))
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self._call("__getitem__", slice(None)))
+
+    def insert(self, index: int, value: Any) -> None:
+        self._call("insert", index, value)
+
+    def append(self, value: Any) -> None:
+        self._call("append", value)
+
+    def extend(self, values: Iterable[Any]) -> None:
+        if not isinstance(values, (list, tuple, ListProxy)):
+            values = list(values)
+        self._call("extend", values)
+
+    def pop(self, index: int = -1) -> Any:
+        return self._call("pop", index)
+
+    def remove(self, value: Any) -> None:
+        self._call("remove", value)
+
+    def index(self, value: Any, *args: Any) -> int:
+        return self._call("index", value, *args)  # type: ignore[no-any-return]
+
+    def count(self, value: Any) -> int:
+        return self._call("count", value)  # type: ignore[no-any-return]
+
+    def reverse(self) -> None:
+        self._call("reverse")
+
+    def clear(self) -> None:
+        self._call("clear")
+
+    def sort(self, *, key: Any = None, reverse: bool = False) -> None:
+        """Sort in place. With ``key`` the keys are computed here and the list replaced at once,
+        retried if another client changed it meanwhile (the key function never runs remotely)."""
+        if key is None:
+            self._call("sort", reverse)
+            return
+        while True:
+            current = self._call("__getitem__", slice(None))
+            if self._call("replace_if", current, sorted(current, key=key, reverse=reverse)):
+                return
+
+    def copy(self) -> list[Any]:
+        """A plain, deep, local copy."""
+        return self._call("copy")  # type: ignore[no-any-return]
+
+    def __iadd__(self, values: Iterable[Any]) -> ListProxy:  # type: ignore[override,misc]
+        self.extend(values)
+        return self
+
+    def __imul__(self, n: int) -> ListProxy:
+        self._call("__imul__", n)
+        return self
+
+    def __add__(self, other: Any) -> list[Any]:
+        return self._call("__getitem__", slice(None)) + list(other)  # type: ignore[no-any-return]
+
+    def __radd__(self, other: Any) -> list[Any]:
+        return list(other) + self._call("__getitem__", slice(None))  # type: ignore[no-any-return]
+
+    def __mul__(self, n: int) -> list[Any]:
+        return self._call("__getitem__", slice(None)) * n  # type: ignore[no-any-return]
+
+    __rmul__ = __mul__
+
+    def _plain(self, other: Any) -> Any:
+        return other.copy() if isinstance(other, ListProxy) else other
+
+    def __eq__(self, other: object) -> bool:
+        return self.copy() == self._plain(other)  # type: ignore[no-any-return]
+
+    def __lt__(self, other: Any) -> bool:
+        return self.copy() < self._plain(other)  # type: ignore[no-any-return]
+
+    def __le__(self, other: Any) -> bool:
+        return self.copy() <= self._plain(other)  # type: ignore[no-any-return]
+
+    def __gt__(self, other: Any) -> bool:
+        return self.copy() > self._plain(other)  # type: ignore[no-any-return]
+
+    def __ge__(self, other: Any) -> bool:
+        return self.copy() >= self._plain(other)  # type: ignore[no-any-return]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return _guarded_repr(self, lambda: repr(self.copy()))
+
+    __str__ = __repr__
+
+
+class NamespaceProxy(BaseProxy):
+    """A shared namespace: ``ns.x = 1`` from one process, ``ns.x`` from another."""
+
+    _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
+
+    def __getattr__(self, name: str) -> Any:
+        if name[0] == "_":
+            return object.__getattribute__(self, name)
+        return self._call("__getattribute__", name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name[0] == "_":
+            object.__setattr__(self, name, value)
+        else:
+            self._call("__setattr__", name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name[0] == "_":
+            object.__delattr__(self, name)
+        else:
+            self._call("__delattr__", name)
+
+    def __repr__(self) -> str:
+        items = sorted(f"{k}={v!r}" for k, v in self._call("_dict").items())
+        return f"Namespace({', '.join(items)})"
+
+    __str__ = __repr__
+
+
+class ValueProxy(BaseProxy):
+    """A shared value: ``v.value``, ``v.get()``, ``v.set(x)``."""
+
+    def get(self) -> Any:
+        return self._call("get")
+
+    def set(self, value: Any) -> None:
+        self._call("set", value)
+
+    value = property(get, set)
+
+    def __repr__(self) -> str:
+        return f"Value({self._call('_typecode')!r}, {self.get()!r})"
+
+    __str__ = __repr__
+
+
+class ArrayProxy(BaseProxy):
+    """A shared ``array.array``."""
+
+    def __len__(self) -> int:
+        return self._call("__len__")  # type: ignore[no-any-return]
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._call("__getitem__", index)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(index, slice) and not isinstance(value, (list, tuple)):
+            value = list(value)
+        self._call("__setitem__", index, value)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._call("tolist"))
+
+    def tolist(self) -> list[Any]:
+        return self._call("tolist")  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"array({self._call('_typecode')!r}, {self.tolist()!r})"
+
+    __str__ = __repr__
+
+
+def _method(name: str) -> Any:
+    def call(self: BaseProxy, *args: Any, **kwds: Any) -> Any:
+        return self._callmethod(name, args, kwds)
+    call.__name__ = name
+    return call
+
+
+_proxy_type_cache: dict[tuple[str, tuple[str, ...]], type[BaseProxy]] = {}
+
+
+def make_proxy_type(name: str, exposed: Iterable[str]) -> type[BaseProxy]:
+    """A proxy class forwarding the methods ``exposed`` (Manager's MakeProxyType, without exec)."""
+    exposed = tuple(exposed)
+    key = (name, exposed)
+    cls = _proxy_type_cache.get(key)
+    if cls is None:
+        ns: dict[str, Any] = {m: _method(m) for m in exposed}
+        ns["_exposed_"] = exposed
+        cls = _proxy_type_cache[key] = type(name, (BaseProxy,), ns)
+    return cls
+
+
+def AutoProxy(token: Token, serializer: Any = None, manager: Any = None, authkey: Any = None,
+              exposed: Any = None, incref: bool = True, manager_owned: bool = False) -> BaseProxy:
+    """A proxy for a registered type with no proxy class of its own (asks the server what the
+    object exposes when ``exposed`` is not given)."""
+    if authkey is None:
+        authkey = manager._authkey if manager is not None else process.current_process().authkey
+    if exposed is None:
+        conn = get_connection(token.address, bytes(authkey))
+        exposed = conn.call(0, "exposed", [token.id])
+    cls = make_proxy_type(f"AutoProxy[{token.typeid}]", exposed)
+    return cls(token, serializer, manager=manager, authkey=authkey, exposed=exposed,
+               incref=incref)
+
+
+AutoProxy._from_ref = lambda conn, oid, typeid: _auto_from_ref(conn, oid, typeid)  # type: ignore[attr-defined]
+
+
+def _auto_from_ref(conn: Connection, oid: int, typeid: str) -> BaseProxy:
+    exposed = conn.call(0, "exposed", [oid])
+    return make_proxy_type(f"AutoProxy[{typeid}]", exposed)._from_ref(conn, oid, typeid)
+
+
+def unwrap(x: Any) -> Any:
+    """A plain, deep, local copy of ``x``: proxies of containers become dicts and lists."""
+    if isinstance(x, (DictProxy, ListProxy)):
+        return unwrap(x.copy())
+    if isinstance(x, ValueProxy):
+        return unwrap(x.get())
+    if isinstance(x, ArrayProxy):
+        return x.tolist()
+    if isinstance(x, NamespaceProxy):
+        import types
+        return types.SimpleNamespace(**unwrap(x._call("_dict")))
+    t = type(x)
+    if t is dict:
+        return {k: unwrap(v) for k, v in x.items()}
+    if t is list:
+        return [unwrap(v) for v in x]
+    if t is tuple:
+        return tuple(unwrap(v) for v in x)
+    return x
+
+
+_client.proxy_types.update({
+    "dict": DictProxy, "list": ListProxy, "Namespace": NamespaceProxy, "Value": ValueProxy,
+    "Array": ArrayProxy,
+})
+_client.default_proxy_factory.append(_auto_from_ref)

@@ -1,0 +1,564 @@
+"""The server: one loop thread owns every shared object, so every call is atomic without locks.
+
+A connection authenticates (``_protocol``), then sends frames; each frame is one call on one
+object. Replies are queued and written once per loop turn, after every request that arrived in
+that turn has run. Objects live in a weak table: containers hold their nested objects strongly and
+each connection holds the objects it has been sent (a count per object, released by the client),
+so an object is freed exactly when nothing refers to it; a dropped connection drops its holds.
+"""
+
+from __future__ import annotations
+
+import builtins
+import gc
+import logging
+import os
+import pickle
+import shutil
+import socket
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import _protocol as P
+from ._codec import Codec, Opaque
+from ._loop import READ, WRITE, Loop
+from ._objects import NATIVE_TYPES, PENDING, SCustom, SDict, SList, Shared, op
+from ._transport import Address, listen
+
+__all__ = ["Server", "Registration"]
+
+log = logging.getLogger("shoal.server")
+HEADER = P.HEADER
+_OUT_HIGH = 32 * 1024 * 1024   # stop reading from a client that does not read its replies
+
+
+class Registration:
+    """What the server needs to know of a registered custom type."""
+
+    __slots__ = ("callable", "exposed", "method_to_typeid")
+
+    def __init__(self, callable: Callable[..., Any] | None, exposed: Any = None,
+                 method_to_typeid: dict[str, str] | None = None) -> None:
+        self.callable = callable
+        self.exposed = tuple(exposed) if exposed is not None else None
+        self.method_to_typeid = method_to_typeid
+
+
+def _builtin_exception(e: BaseException) -> str | None:
+    name = type(e).__name__
+    return name if getattr(builtins, name, None) is type(e) else None
+
+
+def _unopaque(v: Any) -> Any:
+    """Unpickle opaque values, deeply: only for calls into registered custom types' own code."""
+    t = type(v)
+    if t is Opaque:
+        return pickle.loads(v.data)
+    if t is list:
+        return [_unopaque(x) for x in v]
+    if t is tuple:
+        return tuple(_unopaque(x) for x in v)
+    if t is dict:
+        return {_unopaque(k): _unopaque(x) for k, x in v.items()}
+    return v
+
+
+class Conn:
+    """One client connection, as the server sees it."""
+
+    def __init__(self, server: Server, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.inbuf = bytearray()
+        self.out: list[bytes] = []
+        self.pending: memoryview | None = None
+        self.handles: dict[int, list[Any]] = {}
+        self.authed = False
+        self.closed = False
+        self.dirty = False
+        self.events = READ
+        self.pid: int | None = None
+        self.host = ""
+        self.since = time.time()
+        self.codec = Codec(ref_of=self._ref_of, make_ref=server.lookup_ref, from_opaque=Opaque)
+        hello, self.nonce = P.server_hello()
+        self.timer = server.loop.call_later(server.handshake_timeout, self._handshake_timeout)
+        try:
+            sock.send(hello)
+        except OSError:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<connection fd={self.fd} pid={self.pid}>"
+
+    def _ref_of(self, obj: Any) -> tuple[int, str] | None:
+        if not isinstance(obj, Shared):
+            return None
+        h = self.handles.get(obj.oid)
+        if h is None:
+            self.handles[obj.oid] = [obj, 1]
+        else:
+            h[1] += 1
+        return obj.oid, obj.typeid
+
+    def _handshake_timeout(self) -> None:
+        if not self.authed:
+            log.info("closing %r: no handshake within %.1f s", self, self.server.handshake_timeout)
+            self.close()
+
+    # -- input -------------------------------------------------------------------------------
+
+    def on_event(self, events: int) -> None:
+        if events & WRITE:
+            self.flush()
+        if events & ~WRITE and not self.closed:
+            self.on_readable()
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        self.inbuf += data
+        if not self.authed and not self._authenticate():
+            return
+        self._process()
+
+    def _authenticate(self) -> bool:
+        buf = self.inbuf
+        if len(buf) < P.PROOF_SIZE:
+            return False
+        answer = P.check_client(self.server.authkey, self.nonce, bytes(buf[:P.PROOF_SIZE]))
+        self.timer.cancel()
+        if answer is None:
+            log.warning("refused a client: wrong authkey")
+            try:
+                self.sock.send(P.FAIL)
+            except OSError:
+                pass
+            self.close()
+            return False
+        del buf[:P.PROOF_SIZE]
+        self.authed = True
+        self.out.append(answer)
+        self.mark_dirty()
+        return True
+
+    def _process(self) -> None:
+        buf = self.inbuf
+        n = len(buf)
+        pos = 0
+        handle = self.server.handle
+        max_frame = self.server.max_frame
+        while n - pos >= 8:
+            length, rid = HEADER.unpack_from(buf, pos)
+            if length > max_frame:
+                log.warning("closing %r: a frame of %d bytes is over the limit of %d",
+                            self, length, max_frame)
+                self.close()
+                return
+            end = pos + 8 + length
+            if end > n:
+                break
+            handle(self, rid, bytes(buf[pos + 8:end]))
+            pos = end
+            if self.closed:
+                return
+        if pos:
+            del buf[:pos]
+
+    # -- output ------------------------------------------------------------------------------
+
+    def mark_dirty(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            self.server.dirty.append(self)
+
+    def reply(self, rid: int, value: Any) -> None:
+        if self.closed or not rid:
+            return
+        try:
+            body = self.codec.encode([P.REPLY_OK, value])
+        except Exception as e:
+            body = self.encode_error(e)
+        self.out.append(HEADER.pack(len(body), rid) + body)
+        self.mark_dirty()
+
+    def reply_error(self, rid: int, e: BaseException, custom: bool = False) -> None:
+        if self.closed or not rid:
+            return
+        body = self.encode_error(e, custom)
+        self.out.append(HEADER.pack(len(body), rid) + body)
+        self.mark_dirty()
+
+    def encode_error(self, e: BaseException, custom: bool = False) -> bytes:
+        encode = self.codec.encode
+        if custom:
+            try:
+                return encode([P.REPLY_PICKLED_ERROR, pickle.dumps(e)])
+            except Exception:
+                pass
+        name = _builtin_exception(e) or "RemoteError"
+        message = f"{type(e).__name__}: {e}"
+        try:
+            return encode([P.REPLY_ERROR, [name, list(e.args), message]])
+        except Exception:
+            return encode([P.REPLY_ERROR, [name, [str(e)], message]])
+
+    def flush(self) -> None:
+        if self.closed:
+            return
+        parts: list[Any] = self.out
+        if self.pending is not None:
+            parts.insert(0, self.pending)
+            self.pending = None
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.out = []
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.pending = memoryview(data)[sent:]
+            # Stop reading from a client that does not read its replies.
+            want = WRITE if len(self.pending) > _OUT_HIGH else READ | WRITE
+        else:
+            want = READ
+        if want != self.events:
+            self.events = want
+            self.server.loop.modify(self.fd, want)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.timer.cancel()
+        self.server.loop.remove(self.fd)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.server.dropped(self)
+        self.handles.clear()
+        self.inbuf.clear()
+        self.out.clear()
+
+
+class Server:
+    """A shoal server: ``Server(address, authkey).serve_forever()``.
+
+    ``address`` None makes a Unix socket in a new private directory; a path makes a Unix socket
+    there; ``(host, port)`` listens on TCP (port 0 picks a free port; ``server.address`` tells).
+    ``nested`` is ``"share"`` (plain dicts and lists stored in a container become shared
+    containers) or ``"copy"`` (they are stored as values and read back as copies, as in
+    multiprocessing.Manager). ``owner_pid`` makes the server exit when that process ends.
+    """
+
+    def __init__(self, address: Address | None, authkey: bytes, *,
+                 registry: dict[str, Registration] | None = None, nested: str = "share",
+                 owner_pid: int | None = None, handshake_timeout: float = 10.0,
+                 max_frame: int = P.MAX_FRAME) -> None:
+        if nested not in ("share", "copy"):
+            raise ValueError(f"nested must be 'share' or 'copy', not {nested!r}")
+        self.authkey = bytes(authkey)
+        self.nested = nested
+        self.registry = dict(registry or {})
+        self.handshake_timeout = handshake_timeout
+        self.max_frame = max_frame
+        self.loop = Loop()
+        self.loop.after_each_turn(self._flush_dirty)
+        self.objects: weakref.WeakValueDictionary[int, Shared] = weakref.WeakValueDictionary()
+        self._next_oid = 0
+        self.conns: set[Conn] = set()
+        self.dirty: list[Conn] = []
+        self.current: Conn | None = None      # the connection whose request is running
+        self.current_rid = 0
+        self.disconnect_hooks: list[Callable[[Conn], None]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self.share: Callable[[Any], Any] = self._share if nested == "share" else _identity
+        self.ops = ServerOps(self)            # object id 0
+        self.root = SDict(self)               # object id 1
+        self._listener, self.address, self._private_dir = listen(address)
+        self.loop.add(self._listener.fileno(), READ, self._accept)
+        self.started = time.time()
+        self.calls = 0
+        if owner_pid is not None:
+            self._watch_owner(owner_pid)
+
+    # -- objects -----------------------------------------------------------------------------
+
+    def register(self, obj: Shared) -> int:
+        oid = self._next_oid
+        self._next_oid = oid + 1
+        self.objects[oid] = obj
+        return oid
+
+    def lookup_ref(self, oid: int, typeid: str) -> Shared:
+        obj = self.objects.get(oid)
+        if obj is None:
+            raise ReferenceError(f"shared {typeid} #{oid} no longer exists: it was freed when the "
+                                 f"last container and proxy referring to it let go")
+        return obj
+
+    def _share(self, value: Any) -> Any:
+        t = type(value)
+        if t is dict:
+            return SDict(self, value)
+        if t is list:
+            return SList(self, value)
+        return value
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def handle(self, conn: Conn, rid: int, body: bytes) -> None:
+        self.calls += 1
+        try:
+            msg = conn.codec.decode(body)
+            oid, name, args = msg[0], msg[1], msg[2]
+            if type(args) is not list or type(name) is not str:
+                raise TypeError("malformed request")
+            obj = self.objects.get(oid)
+            if obj is None:
+                raise ReferenceError(f"shared object #{oid} no longer exists: it was freed when "
+                                     f"the last container and proxy referring to it let go")
+            fn = type(obj).OPS.get(name)
+            if fn is None:
+                fn = obj.fallback(name)
+                self.current, self.current_rid = conn, rid
+                result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
+            else:
+                self.current, self.current_rid = conn, rid
+                result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
+        except Exception as e:
+            conn.reply_error(rid, e)
+            return
+        if result is not PENDING and rid:
+            conn.reply(rid, result)
+
+    def custom_call(self, obj: SCustom, name: str) -> Callable[..., Any]:
+        """Run a registered type's method in a worker thread and reply when it returns."""
+        conn, rid = self.current, self.current_rid
+        target = getattr(obj.obj, name)
+        typeid = obj.method_to_typeid.get(name)
+
+        def call(*args: Any, **kw: Any) -> Any:
+            self.run_in_thread(conn, rid, target, _unopaque(list(args)), _unopaque(kw), typeid)
+            return PENDING
+        return call
+
+    def run_in_thread(self, conn: Conn | None, rid: int, fn: Callable[..., Any], args: list[Any],
+                      kw: dict[str, Any], typeid: str | None) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="shoal-custom")
+
+        def work() -> None:
+            try:
+                result = fn(*args, **kw)
+            except Exception as e:
+                err = e
+                self.loop.call_soon_threadsafe(lambda: conn.reply_error(rid, err, custom=True))
+                return
+            self.loop.call_soon_threadsafe(lambda: self._custom_done(conn, rid, result, typeid))
+        self._executor.submit(work)
+
+    def _custom_done(self, conn: Conn, rid: int, result: Any, typeid: str | None) -> None:
+        if typeid is not None:
+            result = self.wrap(result, typeid)
+        conn.reply(rid, result)
+
+    def wrap(self, obj: Any, typeid: str) -> Shared:
+        reg = self.registry.get(typeid)
+        return SCustom(self, obj, typeid, reg.exposed if reg else None,
+                       reg.method_to_typeid if reg else None)
+
+    def create(self, typeid: str, args: list[Any], kw: dict[str, Any]) -> Any:
+        reg = self.registry.get(typeid)
+        if reg is not None and reg.callable is not None:
+            conn, rid = self.current, self.current_rid
+            self.run_in_thread(conn, rid, reg.callable, _unopaque(args), _unopaque(kw), typeid)
+            return PENDING
+        cls = NATIVE_TYPES.get(typeid)
+        if cls is None:
+            raise ValueError(f"unknown type {typeid!r}: register it with BaseManager.register")
+        return cls.new(self, args, kw)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _accept(self, events: int) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("accept failed: %s", e)
+                return
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Conn(self, sock)
+            self.conns.add(conn)
+            self.loop.add(conn.fd, READ, conn.on_event)
+
+    def dropped(self, conn: Conn) -> None:
+        self.conns.discard(conn)
+        for hook in self.disconnect_hooks:
+            hook(conn)
+
+    def _flush_dirty(self) -> None:
+        dirty = self.dirty
+        if dirty:
+            self.dirty = []
+            for conn in dirty:
+                conn.dirty = False
+                conn.flush()
+
+    def _watch_owner(self, pid: int) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.loop.call_later(0, self.stop)
+            return
+        except (AttributeError, OSError):   # pragma: no cover - old kernels, other systems
+            self._poll_owner(pid)
+            return
+        self.loop.add(fd, READ, lambda ev: self._owner_died(pid))
+
+    def _poll_owner(self, pid: int) -> None:  # pragma: no cover
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            self._owner_died(pid)
+            return
+        except PermissionError:
+            pass
+        self.loop.call_later(0.5, lambda: self._poll_owner(pid))
+
+    def _owner_died(self, pid: int) -> None:
+        log.info("the owner process %d ended: stopping", pid)
+        self.stop()
+
+    # -- running -----------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Serve until ``stop()`` (or the shutdown request, or the owner's death)."""
+        try:
+            self.loop.run()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def close(self) -> None:
+        for conn in list(self.conns):
+            conn.flush()
+            conn.close()
+        self.loop.remove(self._listener.fileno())
+        self._listener.close()
+        if isinstance(self.address, str):
+            try:
+                os.unlink(self.address)
+            except OSError:
+                pass
+        if self._private_dir:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self.loop.close()
+
+    def number_of_objects(self) -> int:
+        gc.collect()
+        return sum(1 for o in self.objects.values() if o is not self.ops and o is not self.root)
+
+    def debug_info(self) -> str:
+        gc.collect()
+        lines = []
+        for oid, obj in sorted(self.objects.items()):
+            if obj is self.ops:
+                continue
+            holders = sum(1 for c in self.conns if oid in c.handles)
+            lines.append(f"  {obj.describe()}: size={obj.size()} held by {holders} connection(s)")
+        return "\n".join(lines)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class ServerOps(Shared):
+    """Object 0: the server's own operations."""
+
+    __slots__ = ()
+    typeid = "server"
+
+    @op("create")
+    def create(self, typeid: str, args: list[Any], kw: dict[str, Any]) -> Any:
+        return self.server.create(typeid, args, kw)
+
+    @op("root")
+    def root(self) -> SDict:
+        return self.server.root
+
+    @op("release")
+    def release(self, oid: int, n: int) -> None:
+        handles = self.server.current.handles  # type: ignore[union-attr]
+        h = handles.get(oid)
+        if h is not None:
+            h[1] -= n
+            if h[1] <= 0:
+                del handles[oid]
+
+    @op("hold")
+    def hold(self, oid: int) -> None:
+        obj = self.server.objects.get(oid)
+        if obj is not None:
+            self.server.current._ref_of(obj)  # type: ignore[union-attr]
+
+    @op("hello")
+    def hello(self, pid: int, host: str = "") -> None:
+        conn = self.server.current
+        assert conn is not None
+        conn.pid, conn.host = pid, host
+
+    @op("ping")
+    def ping(self) -> str:
+        return "pong"
+
+    @op("nested")
+    def get_nested(self) -> str:
+        return self.server.nested
+
+    @op("number_of_objects")
+    def number_of_objects(self) -> int:
+        return self.server.number_of_objects()
+
+    @op("debug_info")
+    def debug_info(self) -> str:
+        return self.server.debug_info()
+
+    @op("exposed")
+    def exposed(self, oid: int) -> list[str]:
+        obj = self.server.objects.get(oid)
+        if isinstance(obj, SCustom):
+            return sorted(obj.exposed)
+        return sorted(type(obj).OPS) if obj is not None else []
+
+    @op("shutdown")
+    def shutdown(self) -> None:
+        self.server.loop.call_soon_threadsafe(self.server.stop)

@@ -1,0 +1,125 @@
+"""Addresses and sockets: the one place where OSError becomes shoal's errors.
+
+An address is a filesystem path (Unix socket) or ``(host, port)`` (TCP); ``"tcp://host:port"``
+and ``"host:port"`` strings are accepted wherever an address is.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from typing import Any, Union
+
+from ._errors import ConnectionLost, ProtocolError
+from . import _protocol as P
+
+__all__ = ["Address", "parse_address", "listen", "connect", "recv_exact"]
+
+Address = Union[str, tuple[str, int]]
+
+
+def parse_address(address: Any) -> Address:
+    """Normalise a user's address; raise ValueError with the accepted forms when it is none."""
+    if isinstance(address, (tuple, list)) and len(address) == 2:
+        host, port = address
+        if isinstance(host, str) and isinstance(port, int):
+            return (host, port)
+    if isinstance(address, bytes):
+        address = os.fsdecode(address)
+    if isinstance(address, os.PathLike):
+        address = os.fspath(address)
+    if isinstance(address, str) and address:
+        if address.startswith("tcp://"):
+            address = address[len("tcp://"):]
+        elif address.startswith(("unix://", "file://")):
+            return address.split("://", 1)[1]
+        else:
+            if "/" in address or ":" not in address:
+                return address
+        host, sep, port = address.rpartition(":")
+        if sep and port.isdigit():
+            return (host.strip("[]") or "127.0.0.1", int(port))
+    raise ValueError(
+        f"bad address {address!r}: give a socket path, (host, port), 'tcp://host:port' or 'host:port'"
+    )
+
+
+def listen(address: Address | None) -> tuple[socket.socket, Address, str | None]:
+    """Bind a listening socket. ``None`` makes a Unix socket in a new directory only we can enter.
+
+    Returns (socket, the real address, the private directory to remove at the end or None).
+    """
+    private_dir = None
+    if address is None:
+        private_dir = tempfile.mkdtemp(prefix="shoal-")   # mode 0700
+        address = os.path.join(private_dir, "socket")
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        os.chmod(address, 0o600)
+        real: Address = address
+    else:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        host, port = sock.getsockname()[:2]
+        real = (host, port)
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock, real, private_dir
+
+
+def connect(address: Address, timeout: float = 10.0) -> socket.socket:
+    """A connected blocking socket to a server, or ConnectionLost saying why not."""
+    try:
+        if isinstance(address, str):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(address)
+        else:
+            sock = socket.create_connection(address, timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as e:
+        raise ConnectionLost(f"cannot connect to the shoal server at {address!r}: {e}") from e
+    return sock
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Read exactly ``n`` bytes from a blocking socket (handshake only)."""
+    chunks = []
+    while n:
+        try:
+            chunk = sock.recv(n)
+        except OSError as e:
+            raise ConnectionLost(f"the shoal server connection failed: {e}") from e
+        if not chunk:
+            raise ConnectionLost("the shoal server closed the connection during the handshake")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def handshake(sock: socket.socket, authkey: bytes) -> None:
+    """The client's side of the handshake (see ``_protocol``); raises AuthenticationError."""
+    hello = recv_exact(sock, P.HELLO_SIZE)
+    proof, cn = P.client_proof(authkey, hello)
+    try:
+        sock.sendall(proof)
+    except OSError as e:
+        raise ConnectionLost(f"the shoal server connection failed: {e}") from e
+    first = recv_exact(sock, 1)
+    answer = first if first == b"\x00" else first + recv_exact(sock, 32)
+    P.check_server(authkey, hello, cn, answer)
+
+
+__all__ += ["handshake", "ProtocolError"]
