@@ -25,16 +25,12 @@ from typing import Any
 
 from . import _protocol as P
 from ._codec import Codec
-from ._errors import ConnectionLost, ProtocolError, RemoteError
+from ._errors import WIRE_EXCEPTIONS, ConnectionLost, ProtocolError, RemoteError
 from ._transport import Address, connect, handshake
 
 __all__ = ["Connection", "get_connection", "proxy_types"]
 
 HEADER = P.HEADER
-_BUILTIN_EXCEPTIONS = {
-    name: cls for name, cls in vars(__import__("builtins")).items()
-    if isinstance(cls, type) and issubclass(cls, BaseException)
-}
 _NOTE_RID = 0
 
 # typeid -> proxy class, filled by the proxies module and by managers' register().
@@ -253,7 +249,7 @@ class Connection:
         status, value = self._codec.decode(body)
         if status == P.REPLY_OK:
             return value
-        exc = value if status == P.REPLY_PICKLED_ERROR else _rebuild_error(*value)
+        exc = pickle.loads(value) if status == P.REPLY_PICKLED_ERROR else _rebuild_error(*value)
         try:
             raise exc
         finally:
@@ -270,7 +266,7 @@ class Connection:
 
 
 def _rebuild_error(name: str, args: list[Any], message: str) -> BaseException:
-    cls = _BUILTIN_EXCEPTIONS.get(name)
+    cls = WIRE_EXCEPTIONS.get(name)
     if cls is None:
         return RemoteError(message)
     try:

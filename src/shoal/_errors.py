@@ -33,3 +33,20 @@ class RemoteError(ShoalError, multiprocessing.managers.RemoteError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "remote error"
+
+
+def _wire_exceptions() -> dict[str, type[BaseException]]:
+    import builtins
+    import queue
+    import threading
+    table = {name: cls for name, cls in vars(builtins).items()
+             if isinstance(cls, type) and issubclass(cls, BaseException)}
+    table.update({"queue.Empty": queue.Empty, "queue.Full": queue.Full,
+                  "threading.BrokenBarrierError": threading.BrokenBarrierError})
+    return table
+
+
+#: Exceptions that cross the wire by name (raised in the server, re-raised as themselves in
+#: clients). Names never change meaning.
+WIRE_EXCEPTIONS: dict[str, type[BaseException]] = _wire_exceptions()
+WIRE_NAMES: dict[type[BaseException], str] = {cls: name for name, cls in WIRE_EXCEPTIONS.items()}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.pool
 import os
 import signal
-import threading
 from collections.abc import Callable
 from multiprocessing import process, util
 from typing import Any
@@ -23,6 +23,9 @@ from ._errors import ConnectionLost
 from ._proxies import (ArrayProxy, AutoProxy, BaseProxy, DictProxy, ListProxy, NamespaceProxy,
                        Token, ValueProxy)
 from ._server import Registration, Server
+from ._syncproxies import (AsyncResultProxy, BarrierProxy, ConditionProxy, EventProxy,
+                           IteratorProxy, LockProxy, PoolProxy, QueueProxy, RLockProxy,
+                           SemaphoreProxy)
 from ._transport import Address, parse_address
 
 __all__ = ["BaseManager", "SyncManager", "Manager", "connect", "ServerHandle"]
@@ -130,7 +133,7 @@ class BaseManager:
 
     def _server_registry(self) -> dict[str, Registration]:
         return {t: Registration(r["callable"], r["exposed"], r["method_to_typeid"])
-                for t, r in self._registry.items() if r["callable"] is not None}
+                for t, r in self._registry.items()}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -297,24 +300,21 @@ class BaseManager:
         return self._connection().call(0, "debug_info")  # type: ignore[no-any-return]
 
 
-def _make_proxy_from_ref(proxytype: Any) -> Any:
-    return proxytype
-
-
 class SyncManager(BaseManager):
     """A manager with the built-in shared types (dict, list, Namespace, Value, Array, ...)."""
 
 
-for _typeid, _proxytype in (("dict", DictProxy), ("list", ListProxy),
-                            ("Namespace", NamespaceProxy), ("Value", ValueProxy),
-                            ("Array", ArrayProxy)):
+for _typeid, _proxytype in (
+    ("dict", DictProxy), ("list", ListProxy), ("Namespace", NamespaceProxy),
+    ("Value", ValueProxy), ("Array", ArrayProxy), ("Lock", LockProxy), ("RLock", RLockProxy),
+    ("Semaphore", SemaphoreProxy), ("BoundedSemaphore", SemaphoreProxy),
+    ("Condition", ConditionProxy), ("Event", EventProxy), ("Barrier", BarrierProxy),
+    ("Queue", QueueProxy), ("JoinableQueue", QueueProxy),
+):
     SyncManager.register(_typeid, None, _proxytype)
-
-
-def _apply_to_autoproxy() -> None:
-    # A registered type whose proxytype is AutoProxy needs a per-typeid class when it comes back
-    # in a reply (not only from the manager's own method): AutoProxy knows how to make one.
-    pass
+SyncManager.register("Pool", multiprocessing.pool.Pool, PoolProxy)
+SyncManager.register("AsyncResult", None, AsyncResultProxy, create_method=False)
+SyncManager.register("Iterator", None, IteratorProxy, create_method=False)
 
 
 def Manager(*, address: Any = None, authkey: bytes | None = None, nested: str = "share",
@@ -341,5 +341,3 @@ def connect(address: Any, authkey: bytes | None = None) -> SyncManager:
     m.connect()
     return m
 
-
-_ = threading

@@ -9,7 +9,6 @@ so an object is freed exactly when nothing refers to it; a dropped connection dr
 
 from __future__ import annotations
 
-import builtins
 import gc
 import logging
 import os
@@ -24,7 +23,9 @@ from typing import Any
 
 from . import _protocol as P
 from ._codec import Codec, Opaque
+from ._errors import WIRE_NAMES
 from ._loop import READ, WRITE, Loop
+from ._sync import SYNC_TYPES
 from ._objects import NATIVE_TYPES, PENDING, SCustom, SDict, SList, Shared, op
 from ._transport import Address, listen
 
@@ -48,8 +49,7 @@ class Registration:
 
 
 def _builtin_exception(e: BaseException) -> str | None:
-    name = type(e).__name__
-    return name if getattr(builtins, name, None) is type(e) else None
+    return WIRE_NAMES.get(type(e))
 
 
 def _unopaque(v: Any) -> Any:
@@ -81,6 +81,7 @@ class Conn:
         self.closed = False
         self.dirty = False
         self.events = READ
+        self.involved: weakref.WeakSet[Any] = weakref.WeakSet()  # sync objects it holds or waits on
         self.pid: int | None = None
         self.host = ""
         self.since = time.time()
@@ -254,6 +255,9 @@ class Conn:
         except OSError:
             pass
         self.server.dropped(self)
+        involved, self.involved = list(self.involved), weakref.WeakSet()
+        for obj in involved:
+            obj.client_gone(self)
         self.handles.clear()
         self.inbuf.clear()
         self.out.clear()
@@ -336,13 +340,12 @@ class Server:
             if obj is None:
                 raise ReferenceError(f"shared object #{oid} no longer exists: it was freed when "
                                      f"the last container and proxy referring to it let go")
+            self.current, self.current_rid = conn, rid
             fn = type(obj).OPS.get(name)
             if fn is None:
                 fn = obj.fallback(name)
-                self.current, self.current_rid = conn, rid
                 result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
             else:
-                self.current, self.current_rid = conn, rid
                 result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
         except Exception as e:
             conn.reply_error(rid, e)
@@ -392,7 +395,7 @@ class Server:
             conn, rid = self.current, self.current_rid
             self.run_in_thread(conn, rid, reg.callable, _unopaque(args), _unopaque(kw), typeid)
             return PENDING
-        cls = NATIVE_TYPES.get(typeid)
+        cls = NATIVE_TYPES.get(typeid) or SYNC_TYPES.get(typeid)
         if cls is None:
             raise ValueError(f"unknown type {typeid!r}: register it with BaseManager.register")
         return cls.new(self, args, kw)

@@ -1,0 +1,583 @@
+"""Synchronization objects in the server: locks, semaphores, conditions, events, barriers, queues.
+
+They are native to the server's loop: a blocked call is a parked request (no thread per waiter),
+answered when the object lets it through or its timeout fires. Each acquisition belongs to the
+client connection (and thread) that made it; when a connection drops, ``client_gone`` gives back
+everything it held and forgets its waits, and the next owner of a lock whose holder died is told.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._objects import PENDING, Shared, op
+
+if TYPE_CHECKING:
+    from ._server import Conn, Server
+
+__all__ = ["SLock", "SRLock", "SSemaphore", "SBoundedSemaphore", "SCondition", "SEvent",
+           "SBarrier", "SQueue", "SJoinableQueue", "OWNER_DIED", "SYNC_TYPES"]
+
+#: What a successful acquire returns when the previous holder died holding the lock.
+OWNER_DIED = "owner-died"
+
+
+class Waiter:
+    """A parked request: who asked (connection, request id, thread) and what it carries."""
+
+    __slots__ = ("conn", "rid", "tid", "data", "timer")
+
+    def __init__(self, conn: Conn, rid: int, tid: int, data: Any) -> None:
+        self.conn, self.rid, self.tid, self.data = conn, rid, tid, data
+        self.timer: Any = None
+
+    def answer(self, value: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.conn.reply(self.rid, value)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.conn.reply_error(self.rid, exc)
+
+
+def _timeout(value: Any, default_none: bool = True) -> float | None:
+    """None (wait for ever) or seconds >= 0; threading's -1 also means for ever."""
+    if value is None:
+        return None
+    if type(value) not in (int, float):
+        raise TypeError(f"timeout must be a number or None, not {type(value).__name__}")
+    if value < 0:
+        if value == -1 or default_none:
+            return None
+        raise ValueError("'timeout' must be a non-negative number")
+    return float(value)
+
+
+class SyncObject(Shared):
+    __slots__ = ()
+
+    def park(self, waiters: deque[Waiter], tid: int, data: Any, timeout: float | None,
+             on_timeout: Callable[[Waiter], None]) -> Any:
+        server = self.server
+        conn = server.current
+        assert conn is not None
+        w = Waiter(conn, server.current_rid, tid, data)
+        if timeout is not None:
+            def expire() -> None:
+                try:
+                    waiters.remove(w)
+                except ValueError:
+                    return
+                w.timer = None
+                on_timeout(w)
+            w.timer = server.loop.call_later(timeout, expire)
+        waiters.append(w)
+        conn.involved.add(self)
+        return PENDING
+
+    def client_gone(self, conn: Conn) -> None:
+        """The connection dropped: release what it held, forget its waits."""
+
+    @staticmethod
+    def drop_waiters(waiters: deque[Waiter], conn: Conn) -> None:
+        for w in [w for w in waiters if w.conn is conn]:
+            waiters.remove(w)
+            if w.timer is not None:
+                w.timer.cancel()
+
+
+class SLock(SyncObject):
+    """A lock owned by (connection, thread); ``SRLock`` is its re-entrant kind."""
+
+    __slots__ = ("owner", "count", "waiters", "died", "since")
+    typeid = "Lock"
+    reentrant = False
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self.owner: tuple[Conn, int] | None = None
+        self.count = 0
+        self.waiters: deque[Waiter] = deque()   # data: (count to restore, result when granted)
+        self.died = False
+        self.since = 0.0
+
+    def describe(self) -> str:
+        held = f"held by pid {self.owner[0].pid}" if self.owner else "free"
+        return f"{self.typeid} #{self.oid} ({held}, {len(self.waiters)} waiting)"
+
+    def _take(self, conn: Conn, tid: int, count: int, result: Any) -> Any:
+        self.owner, self.count = (conn, tid), count
+        self.since = time.time()
+        conn.involved.add(self)
+        if self.died and result is True:
+            self.died = False
+            return OWNER_DIED
+        return result
+
+    @op("acquire")
+    def acquire(self, blocking: bool = True, timeout: Any = -1, tid: int = 0) -> Any:
+        conn = self.server.current
+        assert conn is not None
+        if self.owner is None:
+            return self._take(conn, tid, 1, True)
+        if self.reentrant and self.owner == (conn, tid):
+            self.count += 1
+            return True
+        if not blocking:
+            if timeout not in (-1, None):
+                raise ValueError("can't specify a timeout for a non-blocking call")
+            return False
+        return self.park(self.waiters, tid, (1, True), _timeout(timeout),
+                         lambda w: w.answer(False))
+
+    @op("release")
+    def release(self, tid: int = 0) -> None:
+        conn = self.server.current
+        if self.owner is None:
+            raise RuntimeError("release unlocked lock" if not self.reentrant
+                               else "cannot release un-acquired lock")
+        if self.owner != (conn, tid):
+            raise RuntimeError("cannot release a lock held by another process or thread")
+        self.count -= 1
+        if self.count <= 0:
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        self.owner, self.count = None, 0
+        while self.waiters:
+            w = self.waiters.popleft()
+            count, result = w.data
+            w.answer(self._take(w.conn, w.tid, count, result))
+            return
+
+    def enqueue(self, w: Waiter, count: int, result: Any) -> None:
+        """Queue ``w`` to own the lock with ``count`` (a condition's waiter going back to it)."""
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+        w.data = (count, result)
+        if self.owner is None:
+            w.answer(self._take(w.conn, w.tid, count, result))
+        else:
+            self.waiters.append(w)
+            w.conn.involved.add(self)
+
+    def release_all(self, conn: Conn, tid: int) -> int:
+        """Give the lock up entirely (for Condition.wait); return the count to restore."""
+        if self.owner != (conn, tid):
+            raise RuntimeError("cannot wait on un-acquired lock")
+        count = self.count
+        self._pass_on()
+        return count
+
+    def is_owned(self, conn: Conn, tid: int) -> bool:
+        return self.owner == (conn, tid)
+
+    @op("locked")
+    def locked(self) -> bool:
+        return self.owner is not None
+
+    @op("_is_owned")
+    def owned(self, tid: int = 0) -> bool:
+        return self.owner == (self.server.current, tid)
+
+    @op("_state")
+    def state(self) -> list[Any]:
+        return [self.owner[0].pid if self.owner else None, self.count, len(self.waiters)]
+
+    def client_gone(self, conn: Conn) -> None:
+        self.drop_waiters(self.waiters, conn)
+        if self.owner is not None and self.owner[0] is conn:
+            self.died = True
+            self._pass_on()
+
+
+class SRLock(SLock):
+    __slots__ = ()
+    typeid = "RLock"
+    reentrant = True
+
+
+class SSemaphore(SyncObject):
+    __slots__ = ("value", "initial", "waiters", "holders")
+    typeid = "Semaphore"
+    bounded = False
+
+    def __init__(self, server: Server, value: int = 1) -> None:
+        super().__init__(server)
+        if type(value) is not int:
+            raise TypeError("semaphore initial value must be an int")
+        if value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        self.value = self.initial = value
+        self.waiters: deque[Waiter] = deque()
+        self.holders: dict[Conn, int] = {}   # counts taken by each live client
+
+    def describe(self) -> str:
+        return f"{self.typeid} #{self.oid} (value {self.value}, {len(self.waiters)} waiting)"
+
+    def _take(self, conn: Conn) -> None:
+        self.value -= 1
+        self.holders[conn] = self.holders.get(conn, 0) + 1
+        conn.involved.add(self)
+
+    @op("acquire")
+    def acquire(self, blocking: bool = True, timeout: Any = None, tid: int = 0) -> Any:
+        conn = self.server.current
+        assert conn is not None
+        if not blocking and timeout is not None:
+            raise ValueError("can't specify timeout for non-blocking acquire")
+        if self.value > 0:
+            self._take(conn)
+            return True
+        if not blocking:
+            return False
+        return self.park(self.waiters, tid, None, _timeout(timeout), lambda w: w.answer(False))
+
+    @op("release")
+    def release(self, n: int = 1) -> None:
+        if type(n) is not int:
+            raise TypeError("n must be an int")
+        if n < 1:
+            raise ValueError("n must be one or more")
+        if self.bounded and self.value + n > self.initial:
+            raise ValueError("Semaphore released too many times")
+        conn = self.server.current
+        for _ in range(n):
+            self._give_back(conn)
+        self._wake()
+
+    def _give_back(self, conn: Conn | None) -> None:
+        # The releasing client's own count goes first; a release by a client that took none
+        # (signalling) settles someone else's count so a later death does not give it twice.
+        self.value += 1
+        holder = conn if conn in self.holders else next(iter(self.holders), None)
+        if holder is not None:
+            left = self.holders[holder] - 1
+            if left:
+                self.holders[holder] = left
+            else:
+                del self.holders[holder]
+
+    def _wake(self) -> None:
+        while self.value > 0 and self.waiters:
+            w = self.waiters.popleft()
+            self._take(w.conn)
+            w.answer(True)
+
+    @op("get_value", "_value")
+    def get_value(self) -> int:
+        return self.value
+
+    def client_gone(self, conn: Conn) -> None:
+        self.drop_waiters(self.waiters, conn)
+        n = self.holders.pop(conn, 0)
+        if n:
+            self.value += n
+            self._wake()
+
+
+class SBoundedSemaphore(SSemaphore):
+    __slots__ = ()
+    typeid = "BoundedSemaphore"
+    bounded = True
+
+
+class SCondition(SyncObject):
+    __slots__ = ("lock", "waiters")
+    typeid = "Condition"
+
+    def __init__(self, server: Server, lock: Any = None) -> None:
+        super().__init__(server)
+        if lock is None:
+            lock = SRLock(server)
+        if not isinstance(lock, SLock):
+            raise TypeError("Condition needs a shared Lock or RLock (or none)")
+        self.lock = lock
+        self.waiters: deque[Waiter] = deque()
+
+    def describe(self) -> str:
+        return f"Condition #{self.oid} ({len(self.waiters)} waiting)"
+
+    @op("acquire")
+    def acquire(self, blocking: bool = True, timeout: Any = -1, tid: int = 0) -> Any:
+        return self.lock.acquire(blocking, timeout, tid)
+
+    @op("release")
+    def release(self, tid: int = 0) -> None:
+        self.lock.release(tid)
+
+    @op("wait")
+    def wait(self, timeout: Any = None, tid: int = 0) -> Any:
+        conn = self.server.current
+        assert conn is not None
+        if not self.lock.is_owned(conn, tid):
+            raise RuntimeError("cannot wait on un-acquired lock")
+        timeout = _timeout(timeout)
+        count = self.lock.release_all(conn, tid)
+
+        def expire(w: Waiter) -> None:
+            self.lock.enqueue(w, count, False)
+        result = self.park(self.waiters, tid, count, timeout, expire)
+        return result
+
+    @op("notify")
+    def notify(self, n: int = 1, tid: int = 0) -> None:
+        if not self.lock.is_owned(self.server.current, tid):  # type: ignore[arg-type]
+            raise RuntimeError("cannot notify on un-acquired lock")
+        while n > 0 and self.waiters:
+            w = self.waiters.popleft()
+            self.lock.enqueue(w, w.data, True)
+            n -= 1
+
+    @op("notify_all")
+    def notify_all(self, tid: int = 0) -> None:
+        self.notify(len(self.waiters), tid)
+
+    def client_gone(self, conn: Conn) -> None:
+        self.drop_waiters(self.waiters, conn)
+
+
+class SEvent(SyncObject):
+    __slots__ = ("flag", "waiters")
+    typeid = "Event"
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self.flag = False
+        self.waiters: deque[Waiter] = deque()
+
+    @op("is_set")
+    def is_set(self) -> bool:
+        return self.flag
+
+    @op("set")
+    def set(self) -> None:
+        self.flag = True
+        while self.waiters:
+            self.waiters.popleft().answer(True)
+
+    @op("clear")
+    def clear(self) -> None:
+        self.flag = False
+
+    @op("wait")
+    def wait(self, timeout: Any = None, tid: int = 0) -> Any:
+        if self.flag:
+            return True
+        return self.park(self.waiters, tid, None, _timeout(timeout), lambda w: w.answer(False))
+
+    def client_gone(self, conn: Conn) -> None:
+        self.drop_waiters(self.waiters, conn)
+
+
+class SBarrier(SyncObject):
+    """threading.Barrier; the action runs in the client whose arrival fills the barrier."""
+
+    __slots__ = ("parties", "action", "default_timeout", "waiters", "broken", "running_action")
+    typeid = "Barrier"
+
+    def __init__(self, server: Server, parties: int, action: Any = None,
+                 timeout: Any = None) -> None:
+        super().__init__(server)
+        if type(parties) is not int or parties < 1:
+            raise ValueError("parties must be an int > 0")
+        self.parties = parties
+        self.action = action                 # opaque: only the client that runs it unpickles it
+        self.default_timeout = _timeout(timeout)
+        self.waiters: deque[Waiter] = deque()
+        self.broken = False
+        self.running_action: list[Waiter] | None = None
+
+    def describe(self) -> str:
+        return f"Barrier #{self.oid} ({len(self.waiters)}/{self.parties} waiting)"
+
+    @op("wait")
+    def wait(self, timeout: Any = None, tid: int = 0) -> Any:
+        if self.broken:
+            raise threading.BrokenBarrierError
+        index = len(self.waiters)
+        timeout = self.default_timeout if timeout is None else _timeout(timeout)
+        if index + 1 == self.parties:
+            conn = self.server.current
+            assert conn is not None
+            if self.action is not None:
+                last = Waiter(conn, self.server.current_rid, tid, index)
+                conn.involved.add(self)
+                self.running_action = [last, *self.waiters]
+                self.waiters.clear()
+                return ["action", index, self.action]
+            self._release(list(self.waiters))
+            self.waiters.clear()
+            return index
+        return self.park(self.waiters, tid, index, timeout, lambda w: self._break(w))
+
+    def _release(self, waiters: list[Waiter]) -> None:
+        for w in waiters:
+            w.answer(w.data)
+
+    @op("action_done")
+    def action_done(self, ok: bool) -> None:
+        party = self.running_action
+        self.running_action = None
+        if party is None:
+            return
+        if ok:
+            self._release(party[1:])
+        else:
+            self.broken = True
+            for w in party[1:]:
+                w.fail(threading.BrokenBarrierError())
+
+    def _break(self, timed_out: Waiter | None = None) -> None:
+        self.broken = True
+        waiters = list(self.waiters)
+        self.waiters.clear()
+        if timed_out is not None:
+            waiters.append(timed_out)
+        for w in waiters:
+            w.fail(threading.BrokenBarrierError())
+
+    @op("abort")
+    def abort(self) -> None:
+        self._break()
+
+    @op("reset")
+    def reset(self) -> None:
+        self._break()
+        self.broken = False
+
+    @op("_state")
+    def state(self) -> list[Any]:
+        return [self.parties, len(self.waiters), self.broken]
+
+    def client_gone(self, conn: Conn) -> None:
+        party = self.running_action
+        if party is not None and party[0].conn is conn:
+            self.action_done(False)
+        if any(w.conn is conn for w in self.waiters):
+            self.drop_waiters(self.waiters, conn)
+            self._break()
+
+
+class SQueue(SyncObject):
+    """queue.Queue. Items are values (a dict put in is a dict got out, never made shared)."""
+
+    __slots__ = ("items", "maxsize", "getters", "putters", "unfinished", "joiners")
+    typeid = "Queue"
+    joinable = False
+
+    def __init__(self, server: Server, maxsize: int = 0) -> None:
+        super().__init__(server)
+        if type(maxsize) is not int:
+            raise TypeError("maxsize must be an int")
+        self.items: deque[Any] = deque()
+        self.maxsize = maxsize
+        self.getters: deque[Waiter] = deque()
+        self.putters: deque[Waiter] = deque()     # data: the item to put
+        self.unfinished = 0
+        self.joiners: deque[Waiter] = deque()
+
+    def size(self) -> int:
+        return len(self.items)
+
+    def describe(self) -> str:
+        return (f"{self.typeid} #{self.oid} ({len(self.items)} items, {len(self.getters)} getters "
+                f"waiting, {len(self.putters)} putters waiting)")
+
+    def _full(self) -> bool:
+        return 0 < self.maxsize <= len(self.items)
+
+    def _deliver(self, item: Any) -> None:
+        if self.joinable:
+            self.unfinished += 1
+        if self.getters:
+            self.getters.popleft().answer(item)
+        else:
+            self.items.append(item)
+
+    @op("put")
+    def put(self, item: Any, block: bool = True, timeout: Any = None, tid: int = 0) -> Any:
+        if not self._full():
+            self._deliver(item)
+            return None
+        if not block:
+            raise queue.Full
+        return self.park(self.putters, tid, item, _timeout(timeout, default_none=False),
+                         lambda w: w.fail(queue.Full()))
+
+    @op("put_nowait")
+    def put_nowait(self, item: Any) -> Any:
+        return self.put(item, False)
+
+    @op("get")
+    def get(self, block: bool = True, timeout: Any = None, tid: int = 0) -> Any:
+        if self.items:
+            item = self.items.popleft()
+            if self.putters and not self._full():
+                w = self.putters.popleft()
+                self._deliver(w.data)
+                w.answer(None)
+            return item
+        if not block:
+            raise queue.Empty
+        return self.park(self.getters, tid, None, _timeout(timeout, default_none=False),
+                         lambda w: w.fail(queue.Empty()))
+
+    @op("get_nowait")
+    def get_nowait(self) -> Any:
+        return self.get(False)
+
+    @op("qsize")
+    def qsize(self) -> int:
+        return len(self.items)
+
+    @op("empty")
+    def empty(self) -> bool:
+        return not self.items
+
+    @op("full")
+    def full(self) -> bool:
+        return self._full()
+
+    @op("task_done")
+    def task_done(self) -> None:
+        if not self.joinable:
+            raise AttributeError("'Queue' object has no attribute 'task_done'")
+        if self.unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self.unfinished -= 1
+        if self.unfinished == 0:
+            while self.joiners:
+                self.joiners.popleft().answer(None)
+
+    @op("join")
+    def join(self, tid: int = 0) -> Any:
+        if not self.joinable:
+            raise AttributeError("'Queue' object has no attribute 'join'")
+        if self.unfinished == 0:
+            return None
+        return self.park(self.joiners, tid, None, None, lambda w: None)
+
+    def client_gone(self, conn: Conn) -> None:
+        for waiters in (self.getters, self.putters, self.joiners):
+            self.drop_waiters(waiters, conn)
+
+
+class SJoinableQueue(SQueue):
+    __slots__ = ()
+    typeid = "JoinableQueue"
+    joinable = True
+
+
+SYNC_TYPES: dict[str, type[Shared]] = {
+    cls.typeid: cls for cls in (SLock, SRLock, SSemaphore, SBoundedSemaphore, SCondition, SEvent,
+                                SBarrier, SQueue, SJoinableQueue)
+}
