@@ -94,6 +94,7 @@ import unittest
 from pathlib import Path
 
 PATCH_ENV = "SHOAL_CPYTHON_TESTS_PATCH"
+START_METHOD_ENV = "SHOAL_CPYTHON_TESTS_START_METHOD"
 
 # Classes from test._test_multiprocessing that derive from unittest.TestCase directly (so
 # install_tests_in_module_dict(only_type='manager') leaves them out) but test managers.
@@ -131,7 +132,7 @@ def _build_test_classes(namespace):
     before = set(namespace)
     # The start method only matters for setUpModule(), which runs in the parent; children
     # just need the same class names to exist here.
-    start_method = os.environ.get("SHOAL_CPYTHON_TESTS_START_METHOD", "fork")
+    start_method = os.environ.get(START_METHOD_ENV, "fork")
     mp_tests.install_tests_in_module_dict(namespace, start_method, only_type="manager")
     classes = [namespace[name] for name in namespace
                if name not in before and name.startswith("WithManager")]
@@ -148,31 +149,34 @@ def _build_test_classes(namespace):
     return mp_tests, classes
 
 
+def _parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Run CPython's multiprocessing manager tests on the stdlib or on shoal.")
+    parser.add_argument("--start-method", choices=("fork", "spawn", "forkserver"),
+                        default="forkserver")
+    parser.add_argument("--shoal", action="store_true",
+                        help="call shoal.patch_multiprocessing() first, run on shoal")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 if anything failed or errored")
+    parser.add_argument("-k", dest="patterns", action="append", default=[],
+                        help="only tests whose id contains PATTERN or matches it as a glob "
+                             "(repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the tests and exit")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds without progress before a test is interrupted")
+    parser.add_argument("--total-timeout", type=float, default=600.0,
+                        help="seconds for the whole run")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-test lines")
+    parser.add_argument("--durations", type=int, default=10,
+                        help="show the N slowest tests (0: none)")
+    return parser.parse_args(argv)
+
+
 # --- module level: runs in the parent (as __main__) and in every child that re-imports this
 # --- file (as __mp_main__). Order matters, see the module docstring.
 if __name__ == "__main__":
-    _ARGS = None  # parsed below, before anything is imported
-    _parser = argparse.ArgumentParser(
-        description="Run CPython's multiprocessing manager tests on the stdlib or on shoal.")
-    _parser.add_argument("--start-method", choices=("fork", "spawn", "forkserver"),
-                         default="forkserver")
-    _parser.add_argument("--shoal", action="store_true",
-                         help="call shoal.patch_multiprocessing() first, run on shoal")
-    _parser.add_argument("--strict", action="store_true",
-                         help="exit 1 if anything failed or errored")
-    _parser.add_argument("-k", dest="patterns", action="append", default=[],
-                         help="only tests whose id contains PATTERN or matches it as a glob "
-                              "(repeatable)")
-    _parser.add_argument("--list", action="store_true", help="list the tests and exit")
-    _parser.add_argument("--timeout", type=float, default=60.0,
-                         help="seconds without progress before a test is interrupted")
-    _parser.add_argument("--total-timeout", type=float, default=600.0,
-                         help="seconds for the whole run")
-    _parser.add_argument("-q", "--quiet", action="store_true", help="no per-test lines")
-    _parser.add_argument("--durations", type=int, default=10,
-                         help="show the N slowest tests (0: none)")
-    _ARGS = _parser.parse_args()
-    os.environ["SHOAL_CPYTHON_TESTS_START_METHOD"] = _ARGS.start_method
+    _ARGS = _parse_args()  # step 0, before anything is imported
+    os.environ[START_METHOD_ENV] = _ARGS.start_method
     if _ARGS.shoal:
         os.environ[PATCH_ENV] = "1"
     else:
@@ -446,8 +450,9 @@ def main(args):
         result = runner.run(suite)
     finally:
         _WATCHDOG.stop()
+        _WATCHDOG.join(5)
         faulthandler.cancel_dump_traceback_later()
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)  # a late kick must not kill the report
     counts = _report(args, backend, all_ids, result, time.monotonic() - t_start, out)
 
     # Guard interpreter shutdown (atexit handlers, non-daemon threads, finalizers).
