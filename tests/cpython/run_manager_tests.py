@@ -413,21 +413,16 @@ def main(args):
         print(f"{len(all_ids)} tests")
         return 0
 
-    import multiprocessing.managers
     print(f"python {sys.version.split()[0]}, start method {args.start_method}, "
           f"backend {backend}, {len(all_ids)} tests, "
           f"timeout {args.timeout:.0f}s per test, {args.total_timeout:.0f}s total", file=out)
     if args.shoal:
-        bases = {c.__name__: c.__mro__[1] for c in (_MP_TESTS.MyManager,
-                                                    _MP_TESTS.QueueManager,
-                                                    _MP_TESTS.IteratorProxy)}
         print(f"shoal {getattr(_SHOAL, '__version__', '?')} from "
-              f"{Path(_SHOAL.__file__).parent}", file=out)
-        for name, base in bases.items():
-            print(f"  {name} derives from {base.__module__}.{base.__qualname__}", file=out)
-        sm = multiprocessing.managers.SyncManager
-        print(f"  multiprocessing.managers.SyncManager is {sm.__module__}.{sm.__qualname__}",
-              file=out)
+              f"{Path(_SHOAL.__file__).parent}; class hierarchy after the patch:", file=out)
+        for cls in (_MP_TESTS.MyManager, _MP_TESTS.IteratorProxy,
+                    _MP_TESTS.TestSyncManagerTypes.manager_class):
+            chain = " -> ".join(f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__)
+            print(f"  {chain}", file=out)
     out.flush()
 
     runner = unittest.TextTestRunner(stream=out, verbosity=1 if args.quiet else 2,
