@@ -8,6 +8,7 @@ adds a ``manager.typeid(...)`` method. Types registered with no callable are the
 
 from __future__ import annotations
 
+import builtins
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.pool
@@ -300,8 +301,32 @@ class BaseManager:
         return self._connection().call(0, "debug_info")  # type: ignore[no-any-return]
 
 
+def _listable(x: Any) -> Any:
+    """What the wire can carry for an iterable argument (a generator or range becomes a list)."""
+    if isinstance(x, (builtins.list, builtins.tuple, BaseProxy, str, bytes)):
+        return x
+    if hasattr(x, "keys"):
+        return builtins.dict(x)
+    return builtins.list(x)
+
+
 class SyncManager(BaseManager):
-    """A manager with the built-in shared types (dict, list, Namespace, Value, Array, ...)."""
+    """A manager with the built-in shared types (dict, list, Namespace, Value, Array, Lock,
+    RLock, Semaphore, BoundedSemaphore, Condition, Event, Barrier, Queue, JoinableQueue, Pool)."""
+
+    def dict(self, *args: Any, **kwds: Any) -> DictProxy:
+        """A new shared dict, made as ``dict(*args, **kwds)`` would be."""
+        return self._create_proxy("dict", [_listable(a) for a in args], kwds)  # type: ignore[no-any-return]
+
+    def list(self, *args: Any) -> ListProxy:
+        """A new shared list, made as ``list(*args)`` would be."""
+        return self._create_proxy("list", [_listable(a) for a in args], {})  # type: ignore[no-any-return]
+
+    def Array(self, typecode: str, sequence: Any, lock: Any = True) -> ArrayProxy:
+        """A new shared ``array.array(typecode, sequence)``."""
+        if not isinstance(sequence, int):
+            sequence = _listable(sequence)
+        return self._create_proxy("Array", [typecode, sequence], {})  # type: ignore[no-any-return]
 
 
 for _typeid, _proxytype in (
@@ -311,7 +336,8 @@ for _typeid, _proxytype in (
     ("Condition", ConditionProxy), ("Event", EventProxy), ("Barrier", BarrierProxy),
     ("Queue", QueueProxy), ("JoinableQueue", QueueProxy),
 ):
-    SyncManager.register(_typeid, None, _proxytype)
+    SyncManager.register(_typeid, None, _proxytype,
+                         create_method=_typeid not in ("dict", "list", "Array"))
 SyncManager.register("Pool", multiprocessing.pool.Pool, PoolProxy)
 SyncManager.register("AsyncResult", None, AsyncResultProxy, create_method=False)
 SyncManager.register("Iterator", None, IteratorProxy, create_method=False)

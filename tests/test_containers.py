@@ -1,0 +1,219 @@
+"""Shared containers behave like the local types, nested ones included."""
+
+from __future__ import annotations
+
+import array
+import fractions
+import gc
+
+import pytest
+
+import shoal
+
+
+def test_dict_protocol(manager: shoal.SyncManager) -> None:
+    d = manager.dict({"a": 1}, b=2)
+    d["c"] = 3
+    assert d["a"] == 1 and len(d) == 3 and "b" in d and "z" not in d
+    assert sorted(d) == ["a", "b", "c"] and sorted(d.keys()) == ["a", "b", "c"]
+    assert sorted(d.values()) == [1, 2, 3] and sorted(d.items()) == [("a", 1), ("b", 2), ("c", 3)]
+    assert d.get("z") is None and d.get("z", 9) == 9
+    assert d.pop("c") == 3 and d.pop("c", None) is None
+    assert d.setdefault("e", 5) == 5 and d.setdefault("e", 6) == 5
+    d.update({"f": 6}, g=7)
+    d.update([("h", 8)])
+    assert d == {"a": 1, "b": 2, "e": 5, "f": 6, "g": 7, "h": 8}
+    assert d != {"a": 1}
+    assert (d | {"z": 0})["z"] == 0 and "z" not in d
+    d |= {"z": 0}
+    assert d["z"] == 0
+    del d["z"]
+    assert repr(d) == repr(d.copy()) and str(d) == repr(d.copy())
+    k, v = d.popitem()
+    assert k not in d
+    d.clear()
+    assert len(d) == 0 and d == {}
+
+
+def test_dict_errors_come_back_as_themselves(manager: shoal.SyncManager) -> None:
+    d = manager.dict()
+    with pytest.raises(KeyError):
+        d["missing"]
+    with pytest.raises(KeyError):
+        del d["missing"]
+    with pytest.raises(TypeError, match="unhashable"):
+        d[[1, 2]] = 3
+    with pytest.raises(KeyError):
+        d.popitem()
+    with pytest.raises(AttributeError):
+        d._callmethod("no_such_method")
+    with pytest.raises(TypeError):
+        d._callmethod("__getitem__", (1, 2, 3))
+    d["x"] = 1
+    assert d == {"x": 1}                        # the server and the data are intact
+
+
+def test_values_keep_their_types(manager: shoal.SyncManager) -> None:
+    d = manager.dict()
+    values = [None, True, 1, 2**100, -2**70, 1.5, "s", b"b", (1, (2,)), {1, 2}, frozenset([3]),
+              fractions.Fraction(1, 3), array.array("i", [1])]
+    for i, v in enumerate(values):
+        d[i] = v
+    for i, v in enumerate(values):
+        got = d[i]
+        assert got == v and type(got) is type(v)
+    d[(1, "k")] = "tuple key"
+    assert d[(1, "k")] == "tuple key"
+
+
+def test_list_protocol(manager: shoal.SyncManager) -> None:
+    lst = manager.list(range(5))
+    assert lst[0] == 0 and lst[-1] == 4 and lst[1:3] == [1, 2] and len(lst) == 5
+    lst[1:3] = ["a", "b", "c"]
+    assert lst == [0, "a", "b", "c", 3, 4]
+    del lst[1:4]
+    lst.append(5)
+    lst.extend(x for x in (6, 7))
+    lst.insert(0, -1)
+    assert list(lst) == [-1, 0, 3, 4, 5, 6, 7]
+    assert lst.pop() == 7 and lst.pop(0) == -1
+    lst.remove(3)
+    assert lst.index(4) == 1 and lst.count(4) == 1 and 5 in lst
+    lst.reverse()
+    assert lst == [6, 5, 4, 0]
+    lst.sort()
+    assert lst == [0, 4, 5, 6]
+    lst.sort(key=lambda x: -x)
+    assert lst == [6, 5, 4, 0]
+    lst.sort(reverse=True)
+    assert lst + [1] == [6, 5, 4, 0, 1] and lst * 2 == [6, 5, 4, 0] * 2
+    lst += [9]
+    assert isinstance(lst, shoal.ListProxy) and lst[-1] == 9
+    lst *= 2
+    assert len(lst) == 10
+    assert list(reversed(lst))[0] == 9
+    assert lst < [7] and lst > [1]
+    with pytest.raises(IndexError):
+        lst[100]
+    with pytest.raises(ValueError):
+        lst.remove("nope")
+    assert str(lst) == str(lst.copy())
+
+
+def test_nested_writes_land(manager: shoal.SyncManager) -> None:
+    d = manager.dict()
+    d["test"] = {}
+    for i in range(10):
+        d["test"][i] = i
+    assert d == {"test": {i: i for i in range(10)}}
+    d["rows"] = [[0] * 3 for _ in range(3)]
+    d["rows"][1][2] = 7
+    d["rows"][0].append(1)
+    assert d["rows"] == [[0, 0, 0, 1], [0, 0, 7], [0, 0, 0]]
+    assert isinstance(d["test"], shoal.DictProxy)
+    assert isinstance(d.copy()["test"], dict)     # copies are plain, all the way down
+    assert shoal.unwrap(d) == d.copy()
+    # Manager's copy-back idiom still works and stays correct.
+    row = d["test"]
+    row[99] = 99
+    d["test"] = row
+    assert d["test"][99] == 99
+    # Storing a proxy stores a reference to the same object.
+    other = manager.dict(x=1)
+    d["ref"] = other
+    other["y"] = 2
+    assert d["ref"] == {"x": 1, "y": 2}
+
+
+def test_nested_in_list_and_namespace(manager: shoal.SyncManager) -> None:
+    lst = manager.list([{"a": 1}])
+    lst[0]["b"] = 2
+    assert lst == [{"a": 1, "b": 2}]
+    ns = manager.Namespace(x=1)
+    ns.d = {}
+    ns.d["k"] = "v"
+    assert ns.d == {"k": "v"} and ns.x == 1
+    assert "Namespace(" in repr(ns) and "x=1" in repr(ns)
+    del ns.x
+    with pytest.raises(AttributeError):
+        ns.x
+
+
+def test_self_reference_does_not_hang(manager: shoal.SyncManager) -> None:
+    d = manager.dict()
+    d["me"] = d
+    assert d["me"]["me"]["me"] is not None
+    assert "{...}" in repr(d)
+
+
+def test_copy_mode_gives_copies(copy_manager: shoal.SyncManager) -> None:
+    d = copy_manager.dict()
+    d["test"] = {}
+    d["test"][1] = 1                            # lands on a copy, as in multiprocessing.Manager
+    assert d == {"test": {}}
+    inner = copy_manager.dict()
+    d["shared"] = inner                          # explicit proxies stay shared in both modes
+    d["shared"]["k"] = 1
+    assert inner == {"k": 1}
+
+
+def test_incr_and_cas(manager: shoal.SyncManager) -> None:
+    d = manager.dict()
+    assert d.incr("n") == 1 and d.incr("n", 5) == 6 and d.incr("f", 0.5, default=1) == 1.5
+    assert d.cas("n", 6, 10) is True and d.cas("n", 6, 11) is False and d["n"] == 10
+    assert d.cas("new", None, 1) is True and d["new"] == 1
+    d["s"] = "text"
+    with pytest.raises(TypeError, match="incr needs numbers"):
+        d.incr("s")
+    assert d.get_many(["n", "zz"], 0) == [10, 0]
+
+
+def test_value_and_array(manager: shoal.SyncManager) -> None:
+    v = manager.Value("i", 7)
+    assert v.value == 7 and v.get() == 7
+    v.value = 8
+    v.set(v.value + 1)
+    assert v.value == 9 and repr(v) == "Value('i', 9)"
+    a = manager.Array("i", [0] * 4)
+    a[1] = 5
+    assert len(a) == 4 and list(a) == [0, 5, 0, 0] and a[0:2] == [0, 5]
+    with pytest.raises(TypeError):
+        a[0] = "not an int"
+    with pytest.raises(IndexError):
+        a[10]
+
+
+def test_root_is_the_same_object_everywhere(manager: shoal.SyncManager) -> None:
+    manager.root["hello"] = {"n": 1}
+    other = shoal.connect(manager.address, authkey=bytes(manager._authkey))
+    assert other.root["hello"]["n"] == 1
+    other.root["hello"]["n"] = 2
+    assert manager.root["hello"] == {"n": 2}
+    del manager.root["hello"]
+
+
+def test_objects_are_freed_when_unreferenced() -> None:
+    with shoal.Manager() as m:
+        d = m.dict()
+        d["nested"] = {"x": [1, 2]}
+        lst = m.list([{}])
+        lock = m.Lock()
+        q = m.Queue()
+        q.put({"a": 1})
+        inner = d["nested"]["x"]
+        assert m._number_of_objects() >= 5
+        del d, lst, lock, q, inner
+        gc.collect()
+        assert m._number_of_objects() == 0, m._debug_info()
+
+
+def test_freed_object_gives_a_clear_error() -> None:
+    with shoal.Manager() as m:
+        d = m.dict()
+        token = d._token
+        del d
+        gc.collect()
+        assert m._number_of_objects() == 0
+        ghost = shoal.DictProxy(token, authkey=bytes(m._authkey))
+        with pytest.raises(ReferenceError, match="no longer exists"):
+            ghost["x"] = 1
