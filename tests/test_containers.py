@@ -45,7 +45,7 @@ def test_dict_errors_come_back_as_themselves(manager: shoal.SyncManager) -> None
         d[[1, 2]] = 3
     with pytest.raises(KeyError):
         d.popitem()
-    with pytest.raises(AttributeError):
+    with pytest.raises(shoal.RemoteError, match="has no method 'no_such_method'"):
         d._callmethod("no_such_method")
     with pytest.raises(TypeError):
         d._callmethod("__getitem__", (1, 2, 3))

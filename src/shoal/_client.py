@@ -20,6 +20,8 @@ import os
 import pickle
 import socket
 import threading
+import weakref
+from multiprocessing import util
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +44,9 @@ default_proxy_factory: list[Callable[..., Any]] = []
 class Connection:
     """A connection to one server, shared by every proxy of this process."""
 
-    def __init__(self, address: Address, authkey: bytes) -> None:
+    def __init__(self, address: Address, authkey: bytes, serializer: str = "pickle") -> None:
         self.address = address
+        self.serializer = serializer
         self.authkey = bytes(authkey)
         self.stale = False
         self.closed = False
@@ -57,8 +60,12 @@ class Connection:
             raise
         self.sock = sock
         self.proxy_types = proxy_types   # a manager may give its own mapping
+        # serializer="xmlrpclib" (multiprocessing's other choice): built-in values only, tuples
+        # arrive as lists, as xmlrpc gives them.
+        builtin_only = serializer == "xmlrpclib"
         self._codec = Codec(ref_of=self._ref_of, make_ref=self._make_proxy,
-                            from_opaque=pickle.loads)
+                            from_opaque=pickle.loads, pickle_unknown=not builtin_only,
+                            tuples_as_lists=builtin_only)
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -70,6 +77,27 @@ class Connection:
         self._dead: collections.deque[int] = collections.deque()
         self._notes: list[bytes] = []            # notifications to send before the next request
         self.notify(0, "hello", [os.getpid(), socket.gethostname()])
+        self._say_goodbye_at_exit()
+        # A multiprocessing child unpickles its arguments (making this connection), then clears
+        # its finalizers and runs the after-fork hooks: register again there.
+        util.register_after_fork(self, Connection._say_goodbye_at_exit)
+
+    def _say_goodbye_at_exit(self) -> None:
+        # At a normal exit (also of a multiprocessing child, which skips atexit) tell the server,
+        # so that what this process still holds is handed on rather than released as a crash's.
+        if self.pid == os.getpid():
+            util.Finalize(self, Connection._goodbye, args=(weakref.ref(self),), exitpriority=-1)
+
+    @staticmethod
+    def _goodbye(ref: weakref.ref[Connection]) -> None:
+        self = ref()
+        if self is None or self.closed or self.pid != os.getpid():
+            return
+        try:
+            with self._send_lock:
+                self.sock.sendall(self._collect_notes() + self._frame(_NOTE_RID, [0, "goodbye", []]))
+        except Exception:
+            pass
 
     def __repr__(self) -> str:
         return f"<shoal connection to {self.address!r}>"
@@ -213,9 +241,9 @@ class Connection:
                     body = bytes(buf[8:8 + length])
                     del buf[:8 + length]
                     return rid, body
-                want = max(8 + length - have, 262144)
+                want = max(8 + length - have, 65536)
             else:
-                want = 262144
+                want = 65536
             try:
                 chunk = self.sock.recv(want)
             except OSError as e:
@@ -275,20 +303,22 @@ def _rebuild_error(name: str, args: list[Any], message: str) -> BaseException:
         return RemoteError(message)
 
 
-_connections: dict[tuple[Address, bytes], Connection] = {}
+_connections: dict[tuple[Address, bytes, str], Connection] = {}
 _connections_lock = threading.Lock()
 
 
-def get_connection(address: Address, authkey: bytes) -> Connection:
+def get_connection(address: Address, authkey: bytes, serializer: str = "pickle") -> Connection:
     """This process's connection to ``address`` (made on first use)."""
-    key = (address, bytes(authkey))
+    if serializer not in ("pickle", "xmlrpclib"):
+        raise ValueError(f"serializer must be 'pickle' or 'xmlrpclib', not {serializer!r}")
+    key = (address, bytes(authkey), serializer)
     conn = _connections.get(key)
     if conn is not None and not conn.closed:
         return conn
     with _connections_lock:
         conn = _connections.get(key)
         if conn is None or conn.closed:
-            conn = _connections[key] = Connection(address, authkey)
+            conn = _connections[key] = Connection(address, authkey, serializer)
         return conn
 
 

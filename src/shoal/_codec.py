@@ -80,11 +80,13 @@ class Codec:
         make_ref: Callable[[int, str], Any] = _bad_ref,
         from_opaque: Callable[[bytes], Any] = _unpickle,
         pickle_unknown: bool = True,
+        tuples_as_lists: bool = False,
     ) -> None:
         self._ref_of = ref_of
         self._make_ref = make_ref
         self._from_opaque = from_opaque
         self._pickle_unknown = pickle_unknown
+        self._tuples_as_lists = tuples_as_lists
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
 
     def encode(self, obj: Any) -> bytes:
@@ -102,6 +104,8 @@ class Codec:
     def _default(self, obj: Any) -> Any:
         t = type(obj)
         if t is tuple:
+            if self._tuples_as_lists:
+                return list(obj)
             return ExtType(TUPLE, self._packb(list(obj)))
         if t is set:
             return ExtType(SET, self._packb(list(obj)))
@@ -117,14 +121,15 @@ class Codec:
         if ref is not None:
             return ExtType(REF, self._packb(list(ref)))
         if not self._pickle_unknown:
-            raise TypeError(f"cannot send a value of type {t.__name__!r}")
+            raise TypeError(f"cannot send a value of type {t.__name__!r} (this connection "
+                            f"carries built-in types only)")
         try:
             return ExtType(OPAQUE, pickle.dumps(obj, protocol=5))
         except Exception as e:
-            raise TypeError(
-                f"cannot send a value of type {t.__name__!r}: it is not a built-in type and "
-                f"pickling it failed ({e})"
-            ) from e
+            # The pickling error itself, as multiprocessing raises it, with what happened.
+            e.add_note(f"shoal could not send a value of type {t.__name__!r}: it is not a "
+                       f"built-in type, so it travels pickled, and pickling it failed")
+            raise
 
     def decode(self, data: bytes | memoryview) -> Any:
         """Decode one value; raises ValueError/TypeError on malformed input."""

@@ -44,6 +44,7 @@ class ServerHandle:
     def __init__(self, server: Server) -> None:
         self._server = server
         self.address = server.address
+        self.listener = server.listener
 
     def serve_forever(self) -> None:
         """Serve until the server is shut down (``manager.shutdown()`` from a client) or SIGINT."""
@@ -87,6 +88,8 @@ class BaseManager:
             raise NotImplementedError("persist= is not available yet")
         self._address: Address | None = parse_address(address) if address is not None else None
         self._authkey = process.AuthenticationString(authkey)
+        if serializer not in ("pickle", "xmlrpclib"):
+            raise ValueError(f"serializer must be 'pickle' or 'xmlrpclib', not {serializer!r}")
         self._serializer = serializer
         self._ctx = ctx or multiprocessing.get_context()
         self._shutdown_timeout = shutdown_timeout
@@ -144,14 +147,13 @@ class BaseManager:
             raise RuntimeError(f"Server already started (state {self._state.value})")
         server = Server(self._address, bytes(self._authkey), registry=self._server_registry(),
                         nested=self._nested)
-        self._address = server.address
         return ServerHandle(server)
 
     def connect(self) -> None:
         """Connect to a server already running at ``address``."""
         if self._address is None:
             raise ValueError("connect() needs the address of a running server")
-        self._conn = get_connection(self._address, bytes(self._authkey))
+        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer)
         self._install_proxytypes()
         self._state.value = STARTED
 
@@ -186,7 +188,7 @@ class BaseManager:
             self._process.join(1)
             raise result
         self._address = result
-        self._conn = get_connection(self._address, bytes(self._authkey))
+        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer)
         self._install_proxytypes()
         self._state.value = STARTED
         self.shutdown = util.Finalize(
@@ -266,7 +268,7 @@ class BaseManager:
         conn = self._conn
         if conn is None or conn.closed:
             assert self._address is not None
-            conn = self._conn = get_connection(self._address, bytes(self._authkey))
+            conn = self._conn = get_connection(self._address, bytes(self._authkey), self._serializer)
             self._install_proxytypes()
         return conn
 

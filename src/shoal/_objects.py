@@ -19,6 +19,11 @@ __all__ = ["Shared", "SDict", "SList", "SNamespace", "SValue", "SArray", "SCusto
            "PENDING", "NATIVE_TYPES"]
 
 PENDING = object()   # an op's result meaning "the reply is sent later" (blocking primitives)
+
+
+class NoSuchMethod(Exception):
+    """A call named a method the object does not have or does not expose (a RemoteError in the
+    client, as in multiprocessing)."""
 _LEAF = frozenset({int, str, float, bool, bytes, type(None)})
 
 
@@ -55,7 +60,7 @@ class Shared:
         return cls(server, *args, **kw)
 
     def fallback(self, name: str) -> Callable[..., Any]:
-        raise AttributeError(f"shared {self.typeid} has no method {name!r}")
+        raise NoSuchMethod(f"shared {self.typeid} has no method {name!r}")
 
     def describe(self) -> str:
         return f"{self.typeid} #{self.oid}"
@@ -138,9 +143,13 @@ class SDict(Shared):
     def len(self) -> int:
         return len(self.data)
 
-    @op("keys", "__iter__")
+    @op("keys")
     def keys(self) -> list[Any]:
         return list(self.data)
+
+    @op("__iter__")
+    def iter(self) -> SIterator:
+        return SIterator(self.server, iter(self.data))
 
     @op("values")
     def values(self) -> list[Any]:
@@ -256,6 +265,10 @@ class SList(Shared):
     def len(self) -> int:
         return len(self.data)
 
+    @op("__iter__")
+    def iter(self) -> SIterator:
+        return SIterator(self.server, iter(self.data))
+
     @op("__contains__")
     def contains(self, value: Any) -> bool:
         return value in self.data
@@ -317,6 +330,27 @@ class SList(Shared):
         share = self.server.share
         self.data[:] = [share(v) for v in new]
         return True
+
+
+class SIterator(Shared):
+    """A live iterator over a shared container, read in chunks (``next_chunk``)."""
+
+    __slots__ = ("it",)
+    typeid = "iterator"
+
+    def __init__(self, server: Server, it: Any) -> None:
+        super().__init__(server)
+        self.it = it
+
+    @op("next_chunk")
+    def next_chunk(self, n: int) -> list[Any]:
+        """Up to ``n`` next items; an empty list when the iterator is exhausted."""
+        out = []
+        for item in self.it:
+            out.append(item)
+            if len(out) >= n:
+                break
+        return out
 
 
 class SNamespace(Shared):
@@ -452,8 +486,8 @@ class SCustom(Shared):
 
     def fallback(self, name: str) -> Callable[..., Any]:
         if name not in self.exposed:
-            raise AttributeError(f"method {name!r} of {type(self.obj)!r} object is not in the "
-                                 f"list of allowed methods")
+            raise NoSuchMethod(f"method {name!r} of {type(self.obj)!r} object is not in "
+                               f"exposed={sorted(self.exposed)!r}")
         return self.server.custom_call(self, name)
 
     @op("__repr__")

@@ -62,7 +62,9 @@ class BaseProxy:
                  manager_owned: bool = False) -> None:
         if authkey is None:
             authkey = manager._authkey if manager is not None else process.current_process().authkey
-        conn = get_connection(token.address, bytes(authkey))  # type: ignore[arg-type]
+        if serializer not in ("pickle", "xmlrpclib"):
+            serializer = getattr(manager, "_serializer", "pickle")
+        conn = get_connection(token.address, bytes(authkey), serializer)  # type: ignore[arg-type]
         self._setup(token, conn, manager, exposed, incref)
 
     def _setup(self, token: Token, conn: Connection, manager: Any, exposed: Any,
@@ -72,7 +74,7 @@ class BaseProxy:
         self._address = token.address
         self._authkey = process.AuthenticationString(conn.authkey)
         self._manager = manager
-        self._serializer = "shoal"
+        self._serializer = conn.serializer
         if exposed is not None:
             self._exposed_ = tuple(exposed)
         self._conn = conn
@@ -98,7 +100,7 @@ class BaseProxy:
     def _reconnect(self) -> Connection:
         # After fork (or a broken connection): this process needs its own connection, and the
         # server must learn that this connection now holds the object.
-        conn = get_connection(self._address, bytes(self._authkey))
+        conn = get_connection(self._address, bytes(self._authkey), self._serializer)
         conn.track(self._id, hold=True)
         self._conn = conn
         return conn
@@ -126,7 +128,7 @@ class BaseProxy:
 
     def __reduce__(self) -> Any:
         authkey = bytes(self._authkey) if get_spawning_popen() is not None else None
-        return (_rebuild, (type(self), self._token, authkey, self._exposed_))
+        return (_rebuild, (type(self), self._token, authkey, self._exposed_, self._serializer))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} object, typeid {self._token.typeid!r} at {id(self):#x}>"
@@ -139,12 +141,10 @@ class BaseProxy:
 
 
 def _rebuild(cls: type[BaseProxy], token: Token, authkey: bytes | None,
-             exposed: Any = None) -> BaseProxy:
+             exposed: Any = None, serializer: str = "pickle") -> BaseProxy:
     if authkey is None:
         authkey = bytes(process.current_process().authkey)
-    if getattr(process.current_process(), "_inheriting", False):
-        pass  # the parent's reference travels with the child; we hold our own all the same
-    return cls(token, authkey=authkey, exposed=exposed)
+    return cls(token, serializer, authkey=authkey, exposed=exposed)
 
 
 class DictProxy(BaseProxy, MutableMapping[Any, Any]):
@@ -166,7 +166,7 @@ class DictProxy(BaseProxy, MutableMapping[Any, Any]):
         return self._call("__len__")  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._call("keys"))
+        return self._call("__iter__")  # type: ignore[no-any-return]  # a ChunkedIterator
 
     def __reversed__(self) -> Iterator[Any]:
         return reversed(self._call("keys"))
@@ -264,7 +264,7 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
         return self._call("__contains__", value)  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._call("__getitem__", slice(None)))
+        return self._call("__iter__")  # type: ignore[no-any-return]  # a ChunkedIterator
 
     def __reversed__(self) -> Iterator[Any]:
         return reversed(self._call("__getitem__", slice(None)))
@@ -430,6 +430,28 @@ class ArrayProxy(BaseProxy):
     __str__ = __repr__
 
 
+class ChunkedIterator(BaseProxy):
+    """A live iterator in the server over a shared container, fetched a chunk at a time (the
+    first chunk on the first ``next``, so changes made before it are seen, as locally)."""
+
+    _buffer: list[Any]
+    _chunk = 1
+
+    def __iter__(self) -> ChunkedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        buf = self.__dict__.get("_buffer")
+        if not buf:
+            size = self._chunk
+            self._chunk = min(size * 8, 1024)
+            buf = self._buffer = self._call("next_chunk", size)
+            buf.reverse()
+            if not buf:
+                raise StopIteration
+        return buf.pop()
+
+
 def _method(name: str) -> Any:
     def call(self: BaseProxy, *args: Any, **kwds: Any) -> Any:
         return self._callmethod(name, args, kwds)
@@ -459,7 +481,8 @@ def AutoProxy(token: Token, serializer: Any = None, manager: Any = None, authkey
     if authkey is None:
         authkey = manager._authkey if manager is not None else process.current_process().authkey
     if exposed is None:
-        conn = get_connection(token.address, bytes(authkey))
+        conn = get_connection(token.address, bytes(authkey),
+                              serializer if serializer in ("pickle", "xmlrpclib") else "pickle")
         exposed = conn.call(0, "exposed", [token.id])
     cls = make_proxy_type(f"AutoProxy[{token.typeid}]", exposed)
     return cls(token, serializer, manager=manager, authkey=authkey, exposed=exposed,
@@ -496,7 +519,7 @@ def unwrap(x: Any) -> Any:
 
 
 _client.proxy_types.update({
-    "dict": DictProxy, "list": ListProxy, "Namespace": NamespaceProxy, "Value": ValueProxy,
+    "iterator": ChunkedIterator, "dict": DictProxy, "list": ListProxy, "Namespace": NamespaceProxy, "Value": ValueProxy,
     "Array": ArrayProxy,
 })
 _client.default_proxy_factory.append(_auto_from_ref)

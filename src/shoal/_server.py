@@ -23,7 +23,7 @@ from typing import Any
 
 from . import _protocol as P
 from ._codec import Codec, Opaque
-from ._errors import WIRE_NAMES
+from ._errors import WIRE_NAMES, RemoteError
 from ._loop import READ, WRITE, Loop
 from ._sync import SYNC_TYPES
 from ._objects import NATIVE_TYPES, PENDING, SCustom, SDict, SList, Shared, op
@@ -79,6 +79,7 @@ class Conn:
         self.handles: dict[int, list[Any]] = {}
         self.authed = False
         self.closed = False
+        self.clean = False        # the client said goodbye: it ended normally
         self.dirty = False
         self.events = READ
         self.involved: weakref.WeakSet[Any] = weakref.WeakSet()  # sync objects it holds or waits on
@@ -121,7 +122,7 @@ class Conn:
 
     def on_readable(self) -> None:
         try:
-            data = self.sock.recv(262144)
+            data = self.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -257,7 +258,7 @@ class Conn:
         self.server.dropped(self)
         involved, self.involved = list(self.involved), weakref.WeakSet()
         for obj in involved:
-            obj.client_gone(self)
+            obj.client_gone(self, self.clean)
         self.handles.clear()
         self.inbuf.clear()
         self.out.clear()
@@ -297,8 +298,8 @@ class Server:
         self.share: Callable[[Any], Any] = self._share if nested == "share" else _identity
         self.ops = ServerOps(self)            # object id 0
         self.root = SDict(self)               # object id 1
-        self._listener, self.address, self._private_dir = listen(address)
-        self.loop.add(self._listener.fileno(), READ, self._accept)
+        self.listener, self.address, self._private_dir = listen(address)
+        self.loop.add(self.listener.fileno(), READ, self._accept)
         self.started = time.time()
         self.calls = 0
         if owner_pid is not None:
@@ -360,21 +361,26 @@ class Server:
         typeid = obj.method_to_typeid.get(name)
 
         def call(*args: Any, **kw: Any) -> Any:
-            self.run_in_thread(conn, rid, target, _unopaque(list(args)), _unopaque(kw), typeid)
+            self.run_in_thread(conn, rid, target, list(args), kw, typeid)
             return PENDING
         return call
 
     def run_in_thread(self, conn: Conn | None, rid: int, fn: Callable[..., Any], args: list[Any],
-                      kw: dict[str, Any], typeid: str | None) -> None:
+                      kw: dict[str, Any], typeid: str | None, creating: bool = False) -> None:
+        """Call user code (a registered type) in a worker thread: it may block, and unpickling
+        its arguments may even call back into this server."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="shoal-custom")
 
         def work() -> None:
             try:
-                result = fn(*args, **kw)
+                result = fn(*_unopaque(args), **_unopaque(kw))
             except Exception as e:
-                err = e
-                self.loop.call_soon_threadsafe(lambda: conn.reply_error(rid, err, custom=True))
+                # multiprocessing reports a failed creation as a RemoteError, a failed method
+                # call as the method's own exception.
+                err: BaseException = RemoteError(f"{type(e).__name__}: {e}") if creating else e
+                self.loop.call_soon_threadsafe(
+                    lambda: conn.reply_error(rid, err, custom=not creating))  # type: ignore[union-attr]
                 return
             self.loop.call_soon_threadsafe(lambda: self._custom_done(conn, rid, result, typeid))
         self._executor.submit(work)
@@ -393,7 +399,7 @@ class Server:
         reg = self.registry.get(typeid)
         if reg is not None and reg.callable is not None:
             conn, rid = self.current, self.current_rid
-            self.run_in_thread(conn, rid, reg.callable, _unopaque(args), _unopaque(kw), typeid)
+            self.run_in_thread(conn, rid, reg.callable, args, kw, typeid, creating=True)
             return PENDING
         cls = NATIVE_TYPES.get(typeid) or SYNC_TYPES.get(typeid)
         if cls is None:
@@ -405,7 +411,7 @@ class Server:
     def _accept(self, events: int) -> None:
         while True:
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -472,8 +478,8 @@ class Server:
         for conn in list(self.conns):
             conn.flush()
             conn.close()
-        self.loop.remove(self._listener.fileno())
-        self._listener.close()
+        self.loop.remove(self.listener.fileno())
+        self.listener.close()
         if isinstance(self.address, str):
             try:
                 os.unlink(self.address)
@@ -538,6 +544,13 @@ class ServerOps(Shared):
         conn = self.server.current
         assert conn is not None
         conn.pid, conn.host = pid, host
+
+    @op("goodbye")
+    def goodbye(self) -> None:
+        """The client is ending normally: what it still holds it hands on, as with threading
+        (a lock stays locked until someone releases it); only a client that dies or loses its
+        connection has its holdings released by the server."""
+        self.server.current.clean = True  # type: ignore[union-attr]
 
     @op("ping")
     def ping(self) -> str:

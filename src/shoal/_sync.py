@@ -82,8 +82,10 @@ class SyncObject(Shared):
         conn.involved.add(self)
         return PENDING
 
-    def client_gone(self, conn: Conn) -> None:
-        """The connection dropped: release what it held, forget its waits."""
+    def client_gone(self, conn: Conn, clean: bool) -> None:
+        """The connection dropped: forget its waits; release what it held unless it ended
+        normally (``clean``), in which case what it held stays held, ownerless, as with
+        threading."""
 
     @staticmethod
     def drop_waiters(waiters: deque[Waiter], conn: Conn) -> None:
@@ -109,7 +111,8 @@ class SLock(SyncObject):
         self.since = 0.0
 
     def describe(self) -> str:
-        held = f"held by pid {self.owner[0].pid}" if self.owner else "free"
+        held = ("free" if self.owner is None else "held by a process that ended"
+                if self.owner[0] is None else f"held by pid {self.owner[0].pid}")
         return f"{self.typeid} #{self.oid} ({held}, {len(self.waiters)} waiting)"
 
     def _take(self, conn: Conn, tid: int, count: int, result: Any) -> Any:
@@ -143,7 +146,7 @@ class SLock(SyncObject):
         if self.owner is None:
             raise RuntimeError("release unlocked lock" if not self.reentrant
                                else "cannot release un-acquired lock")
-        if self.owner != (conn, tid):
+        if self.owner != (conn, tid) and self.owner[0] is not None:
             raise RuntimeError("cannot release a lock held by another process or thread")
         self.count -= 1
         if self.count <= 0:
@@ -190,13 +193,17 @@ class SLock(SyncObject):
 
     @op("_state")
     def state(self) -> list[Any]:
-        return [self.owner[0].pid if self.owner else None, self.count, len(self.waiters)]
+        pid = self.owner[0].pid if self.owner and self.owner[0] is not None else None
+        return [pid, self.count, len(self.waiters)]
 
-    def client_gone(self, conn: Conn) -> None:
+    def client_gone(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
         if self.owner is not None and self.owner[0] is conn:
-            self.died = True
-            self._pass_on()
+            if clean and not self.reentrant:
+                self.owner = (None, 0)  # type: ignore[assignment]  # held; anyone may release
+            else:
+                self.died = True
+                self._pass_on()
 
 
 class SRLock(SLock):
@@ -276,10 +283,10 @@ class SSemaphore(SyncObject):
     def get_value(self) -> int:
         return self.value
 
-    def client_gone(self, conn: Conn) -> None:
+    def client_gone(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
         n = self.holders.pop(conn, 0)
-        if n:
+        if n and not clean:
             self.value += n
             self._wake()
 
@@ -341,7 +348,7 @@ class SCondition(SyncObject):
     def notify_all(self, tid: int = 0) -> None:
         self.notify(len(self.waiters), tid)
 
-    def client_gone(self, conn: Conn) -> None:
+    def client_gone(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
 
 
@@ -374,7 +381,7 @@ class SEvent(SyncObject):
             return True
         return self.park(self.waiters, tid, None, _timeout(timeout), lambda w: w.answer(False))
 
-    def client_gone(self, conn: Conn) -> None:
+    def client_gone(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
 
 
@@ -458,7 +465,7 @@ class SBarrier(SyncObject):
     def state(self) -> list[Any]:
         return [self.parties, len(self.waiters), self.broken]
 
-    def client_gone(self, conn: Conn) -> None:
+    def client_gone(self, conn: Conn, clean: bool) -> None:
         party = self.running_action
         if party is not None and party[0].conn is conn:
             self.action_done(False)
@@ -566,7 +573,7 @@ class SQueue(SyncObject):
             return None
         return self.park(self.joiners, tid, None, None, lambda w: None)
 
-    def client_gone(self, conn: Conn) -> None:
+    def client_gone(self, conn: Conn, clean: bool) -> None:
         for waiters in (self.getters, self.putters, self.joiners):
             self.drop_waiters(waiters, conn)
 
