@@ -69,13 +69,14 @@ class Connection:
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
-        self._reading = False
+        self._read_lock = threading.Lock()    # held by the thread reading replies
+        self._waiting = 0                      # threads waiting for a reply or the role
         self._replies: dict[int, bytes] = {}
         self._rbuf = bytearray()
         self._refs: dict[int, list[int]] = {}   # oid -> [live proxies, receipts]
         self._refs_lock = threading.Lock()
         self._dead: collections.deque[int] = collections.deque()
-        self._notes: list[bytes] = []            # notifications to send before the next request
+        self._notes: list[list[Any]] = []        # notifications to send before the next request
         self.notify(0, "hello", [os.getpid(), socket.gethostname()])
         self._say_goodbye_at_exit()
         # A multiprocessing child unpickles its arguments (making this connection), then clears
@@ -131,7 +132,7 @@ class Connection:
             entry[0] += 1
             if hold:
                 entry[1] += 1
-                self._notes.append(self._frame(_NOTE_RID, [0, "hold", [oid]]))
+                self._notes.append([0, "hold", [oid]])
 
     def untrack(self, oid: int) -> None:
         """Called from a proxy's finalizer: only queue (finalizers run at any moment)."""
@@ -165,10 +166,10 @@ class Connection:
                 if entry[0] <= 0:
                     del refs[oid]
                     if entry[1]:
-                        notes.append(self._frame(_NOTE_RID, [0, "release", [oid, entry[1]]]))
+                        notes.append([0, "release", [oid, entry[1]]])
             if not notes:
                 return b""
-            data = b"".join(notes)
+            data = b"".join([self._frame(_NOTE_RID, msg) for msg in notes])
             notes.clear()
             return data
         finally:
@@ -183,7 +184,7 @@ class Connection:
     def notify(self, oid: int, name: str, args: list[Any]) -> None:
         """Queue a call whose result nobody waits for; it goes out before the next call."""
         with self._send_lock:
-            self._notes.append(self._frame(_NOTE_RID, [oid, name, args]))
+            self._notes.append([oid, name, args])
 
     def call(self, oid: int, name: str, args: Any = (), kwargs: dict[str, Any] | None = None) -> Any:
         """Call ``name`` on object ``oid`` in the server; return its result or raise its error."""
@@ -194,16 +195,61 @@ class Connection:
         if kwargs:
             msg.append(kwargs)
         with self._send_lock:
-            frame = self._frame(rid, msg)
+            body = self._codec.encode(msg)
+            frame = HEADER.pack(len(body), rid) + body
             if self._notes or self._dead:
                 frame = self._collect_notes() + frame
             try:
                 self.sock.sendall(frame)
             except OSError as e:
                 self._broken(e)
+        if self._read_lock.acquire(False):
+            # Fast path: nobody else is reading, and the usual next chunk is exactly our reply.
+            if not self._rbuf and not self._replies:
+                try:
+                    chunk = self.sock.recv(65536)
+                except BaseException:
+                    self._read_lock.release()
+                    raise
+                if len(chunk) >= 8:
+                    length, got = HEADER.unpack_from(chunk)
+                    if got == rid and len(chunk) == 8 + length:
+                        self._read_lock.release()
+                        if self._waiting:
+                            with self._cond:
+                                self._cond.notify_all()
+                        status, value = self._codec.decode(chunk[8:])
+                        if status == 0:
+                            return value
+                        return self._decode_reply(chunk[8:])
+                if not chunk:
+                    self._read_lock.release()
+                    self._broken(None)
+                self._rbuf += chunk
+            return self._decode_reply(self._read_until(rid))
         return self._decode_reply(self._wait(rid))
 
+    def _read_until(self, rid: int) -> bytes:
+        """Holding the reader role: read frames, hand others theirs, until ours comes."""
+        try:
+            body = self._replies.pop(rid, None)
+            while body is None:
+                got, data = self._read_frame()
+                if got == rid:
+                    body = data
+                else:
+                    with self._cond:
+                        self._replies[got] = data
+                        self._cond.notify_all()
+            return body
+        finally:
+            self._read_lock.release()
+            if self._waiting:      # someone may need to take the reader role now
+                with self._cond:
+                    self._cond.notify_all()
+
     def _wait(self, rid: int) -> bytes:
+        """Another thread is reading: wait for it to hand us our reply, or to leave the role."""
         cond = self._cond
         with cond:
             while True:
@@ -212,22 +258,17 @@ class Connection:
                     return body
                 if self.closed:
                     raise ConnectionLost(f"the shoal server at {self.address!r} went away")
-                if not self._reading:
-                    self._reading = True
+                # Count ourselves before trying the role, so a reader that leaves it after our
+                # try sees us and wakes us.
+                self._waiting += 1
+                if self._read_lock.acquire(False):
+                    self._waiting -= 1
                     break
-                cond.wait()
-        try:
-            while True:
-                got, body = self._read_frame()
-                if got == rid:
-                    return body
-                with cond:
-                    self._replies[got] = body
-                    cond.notify_all()
-        finally:
-            with cond:
-                self._reading = False
-                cond.notify_all()
+                try:
+                    cond.wait()
+                finally:
+                    self._waiting -= 1
+        return self._read_until(rid)
 
     def _read_frame(self) -> tuple[int, bytes]:
         buf = self._rbuf

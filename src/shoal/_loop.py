@@ -117,7 +117,10 @@ class Loop:
             for fd, ev in events:
                 handler = handlers.get(fd)
                 if handler is not None:
-                    self._guard(handler, ev)
+                    try:
+                        handler(ev)
+                    except Exception:
+                        log.exception("internal error in the server loop (the server goes on)")
             if timers:
                 now = monotonic()
                 while timers and timers[0].when <= now:
@@ -127,7 +130,7 @@ class Loop:
             while calls:
                 self._guard(calls.popleft())
             for cb in after:
-                self._guard(cb)
+                cb()
 
     def _guard(self, fn: Callable[..., None], *args: int) -> None:
         # One failing handler must not take the server down with it.

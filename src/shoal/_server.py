@@ -117,12 +117,10 @@ class Conn:
     def on_event(self, events: int) -> None:
         if events & WRITE:
             self.flush()
-        if events & ~WRITE and not self.closed:
-            self.on_readable()
-
-    def on_readable(self) -> None:
+            if not events & ~WRITE or self.closed:
+                return
         try:
-            data = self.sock.recv(65536)
+            data: Any = self.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -131,10 +129,38 @@ class Conn:
         if not data:
             self.close()
             return
-        self.inbuf += data
-        if not self.authed and not self._authenticate():
-            return
-        self._process()
+        buf = self.inbuf
+        if buf or not self.authed:
+            buf += data
+            data = buf
+            if not self.authed and not self._authenticate():
+                return
+        # The hot path: parse every whole frame in what arrived, run each request, then write
+        # all their replies at once.
+        n = len(data)
+        pos = 0
+        handle = self.server.handle
+        max_frame = self.server.max_frame
+        while n - pos >= 8:
+            length, rid = HEADER.unpack_from(data, pos)
+            if length > max_frame:
+                log.warning("closing %r: a frame of %d bytes is over the limit of %d",
+                            self, length, max_frame)
+                self.close()
+                return
+            end = pos + 8 + length
+            if end > n:
+                break
+            handle(self, rid, data[pos + 8:end])
+            pos = end
+            if self.closed:
+                return
+        if data is buf:
+            del buf[:pos]
+        elif pos < n:
+            buf += data[pos:]
+        if self.out:
+            self.flush()
 
     def _authenticate(self) -> bool:
         buf = self.inbuf
@@ -155,29 +181,6 @@ class Conn:
         self.out.append(answer)
         self.mark_dirty()
         return True
-
-    def _process(self) -> None:
-        buf = self.inbuf
-        n = len(buf)
-        pos = 0
-        handle = self.server.handle
-        max_frame = self.server.max_frame
-        while n - pos >= 8:
-            length, rid = HEADER.unpack_from(buf, pos)
-            if length > max_frame:
-                log.warning("closing %r: a frame of %d bytes is over the limit of %d",
-                            self, length, max_frame)
-                self.close()
-                return
-            end = pos + 8 + length
-            if end > n:
-                break
-            handle(self, rid, bytes(buf[pos + 8:end]))
-            pos = end
-            if self.closed:
-                return
-        if pos:
-            del buf[:pos]
 
     # -- output ------------------------------------------------------------------------------
 
@@ -218,9 +221,9 @@ class Conn:
             return encode([P.REPLY_ERROR, [name, [str(e)], message]])
 
     def flush(self) -> None:
-        if self.closed:
-            return
         parts: list[Any] = self.out
+        if not parts and self.pending is None or self.closed:
+            return
         if self.pending is not None:
             parts.insert(0, self.pending)
             self.pending = None
@@ -287,7 +290,8 @@ class Server:
         self.max_frame = max_frame
         self.loop = Loop()
         self.loop.after_each_turn(self._flush_dirty)
-        self.objects: weakref.WeakValueDictionary[int, Shared] = weakref.WeakValueDictionary()
+        # id -> weak reference; an entry goes when its object is freed.
+        self.objects: dict[int, weakref.ref[Shared]] = {}
         self._next_oid = 0
         self.conns: set[Conn] = set()
         self.dirty: list[Conn] = []
@@ -310,11 +314,19 @@ class Server:
     def register(self, obj: Shared) -> int:
         oid = self._next_oid
         self._next_oid = oid + 1
-        self.objects[oid] = obj
+        objects = self.objects
+        objects[oid] = weakref.ref(obj, lambda _, oid=oid: objects.pop(oid, None))
         return oid
 
+    def get(self, oid: int) -> Shared | None:
+        ref = self.objects.get(oid)
+        return ref() if ref is not None else None
+
+    def live_objects(self) -> list[Shared]:
+        return [o for o in (r() for r in list(self.objects.values())) if o is not None]
+
     def lookup_ref(self, oid: int, typeid: str) -> Shared:
-        obj = self.objects.get(oid)
+        obj = self.get(oid)
         if obj is None:
             raise ReferenceError(f"shared {typeid} #{oid} no longer exists: it was freed when the "
                                  f"last container and proxy referring to it let go")
@@ -331,13 +343,14 @@ class Server:
     # -- requests ----------------------------------------------------------------------------
 
     def handle(self, conn: Conn, rid: int, body: bytes) -> None:
-        self.calls += 1
+        """Run one request. Its reply goes to ``conn.out``; the caller writes it."""
         try:
             msg = conn.codec.decode(body)
             oid, name, args = msg[0], msg[1], msg[2]
             if type(args) is not list or type(name) is not str:
                 raise TypeError("malformed request")
-            obj = self.objects.get(oid)
+            ref = self.objects.get(oid)
+            obj = ref() if ref is not None else None
             if obj is None:
                 raise ReferenceError(f"shared object #{oid} no longer exists: it was freed when "
                                      f"the last container and proxy referring to it let go")
@@ -348,11 +361,14 @@ class Server:
                 result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
             else:
                 result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
+            if result is PENDING or not rid:
+                return
+            out = conn.codec.encode([0, result])
         except Exception as e:
-            conn.reply_error(rid, e)
-            return
-        if result is not PENDING and rid:
-            conn.reply(rid, result)
+            if not rid:
+                return
+            out = conn.encode_error(e)
+        conn.out.append(HEADER.pack(len(out), rid) + out)
 
     def custom_call(self, obj: SCustom, name: str) -> Callable[..., Any]:
         """Run a registered type's method in a worker thread and reply when it returns."""
@@ -493,12 +509,13 @@ class Server:
 
     def number_of_objects(self) -> int:
         gc.collect()
-        return sum(1 for o in self.objects.values() if o is not self.ops and o is not self.root)
+        return sum(1 for o in self.live_objects() if o is not self.ops and o is not self.root)
 
     def debug_info(self) -> str:
         gc.collect()
         lines = []
-        for oid, obj in sorted(self.objects.items()):
+        for obj in sorted(self.live_objects(), key=lambda o: o.oid):
+            oid = obj.oid
             if obj is self.ops:
                 continue
             holders = sum(1 for c in self.conns if oid in c.handles)
@@ -535,7 +552,7 @@ class ServerOps(Shared):
 
     @op("hold")
     def hold(self, oid: int) -> None:
-        obj = self.server.objects.get(oid)
+        obj = self.server.get(oid)
         if obj is not None:
             self.server.current._ref_of(obj)  # type: ignore[union-attr]
 
@@ -570,7 +587,7 @@ class ServerOps(Shared):
 
     @op("exposed")
     def exposed(self, oid: int) -> list[str]:
-        obj = self.server.objects.get(oid)
+        obj = self.server.get(oid)
         if isinstance(obj, SCustom):
             return sorted(obj.exposed)
         return sorted(type(obj).OPS) if obj is not None else []
