@@ -9,6 +9,8 @@ nested container is another shared object stored directly in its parent.
 from __future__ import annotations
 
 import array
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,8 @@ __all__ = ["Shared", "SDict", "SList", "SNamespace", "SValue", "SArray", "SCusto
            "PENDING", "NATIVE_TYPES"]
 
 PENDING = object()   # an op's result meaning "the reply is sent later" (blocking primitives)
+#: What a successful acquire returns when the previous holder died holding the lock.
+OWNER_DIED = "owner-died"
 
 
 class NoSuchMethod(Exception):
@@ -38,7 +42,7 @@ def op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 class Shared:
     """Base of every object in the server's table."""
 
-    __slots__ = ("oid", "server", "__weakref__")
+    __slots__ = ("oid", "server", "parent", "guard", "__weakref__")
     typeid = "object"
     OPS: dict[str, Callable[..., Any]] = {}
 
@@ -50,9 +54,51 @@ class Shared:
                 ops[name] = attr
         cls.OPS = ops
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, parent: Shared | None = None) -> None:
         self.server = server
         self.oid = server.register(self)
+        # The container this one was made in (by storing a plain dict or list), by id: a
+        # per-object lock on an ancestor covers it. Not a reference, so no cycle.
+        self.parent = parent.oid if parent is not None else -1
+        self.guard: ObjectLock | None = None
+
+    @op("_lock_acquire")
+    def lock_acquire(self) -> Any:
+        """Take this object's per-object lock (``with proxy.locked():``). The server's gate has
+        already made any other holder's lock on it, or on a container around it, wait."""
+        conn = self.server.current
+        assert conn is not None
+        g = self.guard
+        if g is None:
+            g = self.guard = ObjectLock()
+        if g.owner is conn:
+            g.count += 1
+            return True
+        g.owner, g.count, g.since = conn, 1, time.time()
+        self.server.guards += 1
+        conn.involved.add(self)
+        if g.died:
+            g.died = False
+            return OWNER_DIED
+        return True
+
+    @op("_lock_release")
+    def lock_release(self) -> None:
+        g = self.guard
+        if g is None or g.owner is not self.server.current:
+            raise RuntimeError("cannot release a per-object lock this client does not hold")
+        g.count -= 1
+        if g.count <= 0:
+            self.server.unguard(self)
+
+    def client_gone(self, conn: Any, clean: bool) -> None:
+        g = self.guard
+        if g is None:
+            return
+        g.queue = type(g.queue)(q for q in g.queue if q[0] is not conn)
+        if g.owner is conn:
+            g.died = not clean
+            self.server.unguard(self)
 
     @classmethod
     def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
@@ -67,6 +113,22 @@ class Shared:
 
     def size(self) -> int:
         return 0
+
+
+Shared.OPS = {name: fn for fn in vars(Shared).values() for name in getattr(fn, "_wire_names", ())}
+
+
+class ObjectLock:
+    """A per-object lock: its holder, its depth, and the requests of others waiting for it."""
+
+    __slots__ = ("owner", "count", "queue", "died", "since")
+
+    def __init__(self) -> None:
+        self.owner: Any = None
+        self.count = 0
+        self.queue: deque[tuple[Any, int, bytes]] = deque()
+        self.died = False
+        self.since = 0.0
 
 
 def plain(v: Any, active: set[int] | None = None) -> Any:
@@ -111,10 +173,11 @@ class SDict(Shared):
     __slots__ = ("data",)
     typeid = "dict"
 
-    def __init__(self, server: Server, data: dict[Any, Any] | None = None) -> None:
-        super().__init__(server)
+    def __init__(self, server: Server, data: dict[Any, Any] | None = None,
+                 parent: Shared | None = None) -> None:
+        super().__init__(server, parent)
         share = server.share
-        self.data = {k: share(v) for k, v in data.items()} if data else {}
+        self.data = {k: share(v, self) for k, v in data.items()} if data else {}
 
     @classmethod
     def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
@@ -129,7 +192,7 @@ class SDict(Shared):
 
     @op("__setitem__")
     def setitem(self, key: Any, value: Any) -> None:
-        self.data[key] = self.server.share(value)
+        self.data[key] = self.server.share(value, self)
 
     @op("__delitem__")
     def delitem(self, key: Any) -> None:
@@ -181,7 +244,7 @@ class SDict(Shared):
         data = self.data
         if key in data:
             return data[key]
-        value = data[key] = self.server.share(default)
+        value = data[key] = self.server.share(default, self)
         return value
 
     @op("update")
@@ -197,9 +260,9 @@ class SDict(Shared):
         for pair in pairs:
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise TypeError("dictionary update sequence element is not a (key, value) pair")
-            new[pair[0]] = share(pair[1])
+            new[pair[0]] = share(pair[1], self)
         for k, v in kw.items():
-            new[k] = share(v)
+            new[k] = share(v, self)
         self.data.update(new)
 
     @op("clear")
@@ -223,7 +286,7 @@ class SDict(Shared):
     def cas(self, key: Any, expected: Any, new: Any) -> bool:
         if self.data.get(key) != expected:
             return False
-        self.data[key] = self.server.share(new)
+        self.data[key] = self.server.share(new, self)
         return True
 
 
@@ -231,10 +294,11 @@ class SList(Shared):
     __slots__ = ("data",)
     typeid = "list"
 
-    def __init__(self, server: Server, data: Iterable[Any] = ()) -> None:
-        super().__init__(server)
+    def __init__(self, server: Server, data: Iterable[Any] = (),
+                 parent: Shared | None = None) -> None:
+        super().__init__(server, parent)
         share = server.share
-        self.data = [share(v) for v in data]
+        self.data = [share(v, self) for v in data]
 
     @classmethod
     def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
@@ -253,9 +317,9 @@ class SList(Shared):
     def setitem(self, index: Any, value: Any) -> None:
         share = self.server.share
         if type(index) is slice:
-            self.data[index] = [share(v) for v in _items(value)]
+            self.data[index] = [share(v, self) for v in _items(value)]
         else:
-            self.data[index] = share(value)
+            self.data[index] = share(value, self)
 
     @op("__delitem__")
     def delitem(self, index: Any) -> None:
@@ -275,12 +339,12 @@ class SList(Shared):
 
     @op("append")
     def append(self, value: Any) -> None:
-        self.data.append(self.server.share(value))
+        self.data.append(self.server.share(value, self))
 
     @op("extend", "__iadd__")
     def extend(self, values: Any) -> None:
         share = self.server.share
-        self.data.extend([share(v) for v in _items(values)])
+        self.data.extend([share(v, self) for v in _items(values)])
 
     @op("__imul__")
     def imul(self, n: int) -> None:
@@ -288,7 +352,7 @@ class SList(Shared):
 
     @op("insert")
     def insert(self, index: int, value: Any) -> None:
-        self.data.insert(index, self.server.share(value))
+        self.data.insert(index, self.server.share(value, self))
 
     @op("pop")
     def pop(self, index: int = -1) -> Any:
@@ -328,7 +392,7 @@ class SList(Shared):
         if self.data != expected:
             return False
         share = self.server.share
-        self.data[:] = [share(v) for v in new]
+        self.data[:] = [share(v, self) for v in new]
         return True
 
 
@@ -360,7 +424,7 @@ class SNamespace(Shared):
     def __init__(self, server: Server, attrs: dict[str, Any] | None = None) -> None:
         super().__init__(server)
         share = server.share
-        self.attrs = {k: share(v) for k, v in (attrs or {}).items()}
+        self.attrs = {k: share(v, self) for k, v in (attrs or {}).items()}
 
     @classmethod
     def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
@@ -382,7 +446,7 @@ class SNamespace(Shared):
     def setattr(self, name: str, value: Any) -> None:
         if type(name) is not str:
             raise TypeError("attribute name must be string")
-        self.attrs[name] = self.server.share(value)
+        self.attrs[name] = self.server.share(value, self)
 
     @op("__delattr__")
     def delattr(self, name: str) -> None:
@@ -403,7 +467,7 @@ class SValue(Shared):
     def __init__(self, server: Server, typecode: Any, value: Any, lock: Any = True) -> None:
         super().__init__(server)
         self.typecode = typecode
-        self.value = server.share(value)
+        self.value = server.share(value, self)
 
     @op("get")
     def get(self) -> Any:
@@ -411,7 +475,7 @@ class SValue(Shared):
 
     @op("set")
     def set(self, value: Any) -> None:
-        self.value = self.server.share(value)
+        self.value = self.server.share(value, self)
 
     @op("_typecode")
     def get_typecode(self) -> Any:
@@ -474,7 +538,7 @@ class SCustom(Shared):
 
     def __init__(self, server: Server, obj: Any, typeid: str, exposed: Iterable[str] | None,
                  method_to_typeid: dict[str, str] | None) -> None:
-        super().__init__(server)
+        super().__init__(server, None)
         self.obj = obj
         self.typeid_ = typeid
         self.exposed = frozenset(exposed) if exposed is not None else public_methods(obj)

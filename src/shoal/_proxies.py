@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from . import _client
 from ._client import Connection, get_connection
+from ._objects import OWNER_DIED
 from ._transport import Address
 
 __all__ = ["Token", "BaseProxy", "DictProxy", "ListProxy", "NamespaceProxy", "ValueProxy",
@@ -123,6 +124,14 @@ class BaseProxy:
         """A local copy of the shared object."""
         return self._callmethod("_getvalue")
 
+    def locked(self) -> ObjectLockContext:
+        """``with proxy.locked(): ...``: exclusive use of this object and of the containers made
+        nested in it. Other processes' calls on them wait until the block ends; re-entrant.
+        If the previous holder died inside its block, ``owner_died`` on the returned context is
+        True (the data may be half-updated). Threads of this process that use ``locked()``
+        exclude each other too; their plain calls are not held back."""
+        return ObjectLockContext(self)
+
     def _incref(self) -> None:
         self._conn.track(self._id, hold=True)
 
@@ -145,6 +154,40 @@ def _rebuild(cls: type[BaseProxy], token: Token, authkey: bytes | None,
     if authkey is None:
         authkey = bytes(process.current_process().authkey)
     return cls(token, serializer, authkey=authkey, exposed=exposed)
+
+
+_local_locks: dict[tuple[Any, int], threading.RLock] = {}
+_local_locks_guard = threading.Lock()
+
+
+class ObjectLockContext:
+    """What ``proxy.locked()`` returns; see there."""
+
+    owner_died = False
+
+    def __init__(self, proxy: BaseProxy) -> None:
+        self._proxy = proxy
+        key = (proxy._address, proxy._id)
+        with _local_locks_guard:
+            lock = _local_locks.get(key)
+            if lock is None:
+                lock = _local_locks[key] = threading.RLock()
+        self._local = lock
+
+    def __enter__(self) -> ObjectLockContext:
+        self._local.acquire()
+        try:
+            self.owner_died = self._proxy._call("_lock_acquire") == OWNER_DIED
+        except BaseException:
+            self._local.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._proxy._call("_lock_release")
+        finally:
+            self._local.release()
 
 
 class DictProxy(BaseProxy, MutableMapping[Any, Any]):

@@ -17,6 +17,7 @@ import shutil
 import socket
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -297,9 +298,10 @@ class Server:
         self.dirty: list[Conn] = []
         self.current: Conn | None = None      # the connection whose request is running
         self.current_rid = 0
+        self.guards = 0                       # per-object locks held now
         self.disconnect_hooks: list[Callable[[Conn], None]] = []
         self._executor: ThreadPoolExecutor | None = None
-        self.share: Callable[[Any], Any] = self._share if nested == "share" else _identity
+        self.share: Callable[..., Any] = self._share if nested == "share" else _identity
         self.ops = ServerOps(self)            # object id 0
         self.root = SDict(self)               # object id 1
         self.listener, self.address, self._private_dir = listen(address)
@@ -332,13 +334,39 @@ class Server:
                                  f"last container and proxy referring to it let go")
         return obj
 
-    def _share(self, value: Any) -> Any:
+    def _share(self, value: Any, parent: Shared | None = None) -> Any:
         t = type(value)
         if t is dict:
-            return SDict(self, value)
+            return SDict(self, value, parent)
         if t is list:
-            return SList(self, value)
+            return SList(self, value, parent)
         return value
+
+    # -- per-object locks --------------------------------------------------------------------
+
+    def blocker(self, obj: Shared, conn: Conn) -> Shared | None:
+        """``obj`` or the container around it on which another client holds a per-object lock."""
+        get = self.get
+        o: Shared | None = obj
+        while o is not None:
+            g = o.guard
+            if g is not None and g.owner is not None and g.owner is not conn:
+                return o
+            o = get(o.parent) if o.parent >= 0 else None
+        return None
+
+    def unguard(self, obj: Shared) -> None:
+        """``obj``'s per-object lock is free: run the requests that waited for it, in order."""
+        g = obj.guard
+        assert g is not None
+        g.owner, g.count = None, 0
+        self.guards -= 1
+        waiting, g.queue = g.queue, deque()
+        for conn, rid, body in waiting:
+            if not conn.closed:
+                self.handle(conn, rid, body)
+                if conn.out:
+                    conn.mark_dirty()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -354,6 +382,12 @@ class Server:
             if obj is None:
                 raise ReferenceError(f"shared object #{oid} no longer exists: it was freed when "
                                      f"the last container and proxy referring to it let go")
+            if self.guards and rid:
+                holder = self.blocker(obj, conn)
+                if holder is not None:   # another client holds a per-object lock over obj
+                    holder.guard.queue.append((conn, rid, body))  # type: ignore[union-attr]
+                    conn.involved.add(holder)
+                    return
             self.current, self.current_rid = conn, rid
             fn = type(obj).OPS.get(name)
             if fn is None:
@@ -523,7 +557,7 @@ class Server:
         return "\n".join(lines)
 
 
-def _identity(value: Any) -> Any:
+def _identity(value: Any, parent: Any = None) -> Any:
     return value
 
 

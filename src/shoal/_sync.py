@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._objects import PENDING, Shared, op
+from ._objects import OWNER_DIED, PENDING, Shared, op
 
 if TYPE_CHECKING:
     from ._server import Conn, Server
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["SLock", "SRLock", "SSemaphore", "SBoundedSemaphore", "SCondition", "SEvent",
            "SBarrier", "SQueue", "SJoinableQueue", "OWNER_DIED", "SYNC_TYPES"]
 
-#: What a successful acquire returns when the previous holder died holding the lock.
-OWNER_DIED = "owner-died"
 
 
 class Waiter:
