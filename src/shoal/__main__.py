@@ -47,6 +47,50 @@ def _add_demo(sub: _Subparsers) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+# -- serve -------------------------------------------------------------------------------------
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ._serve import serve
+    return serve(args.address, args.authkey_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                 persist=args.persist, fsync=args.fsync, verbose=args.verbose,
+                 handshake_timeout=args.handshake_timeout, max_connections=args.max_connections)
+
+
+def _add_serve(sub: _Subparsers) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run a standalone shoal server",
+        description=(
+            "Run a shoal server until SIGINT or SIGTERM, logging to stderr. Clients reach it\n"
+            "with shoal.connect(ADDRESS, authkey=KEY[, tls=CA]). A HOST:PORT address binds\n"
+            "TCP (':PORT' means 127.0.0.1; port 0 picks a free port); anything else is a\n"
+            "Unix socket path. The first line on stdout gives the address served."
+        ),
+        epilog=(
+            "example:\n"
+            "  head -c 32 /dev/urandom | base64 > key && chmod 600 key\n"
+            "  python -m shoal serve --address 127.0.0.1:7070 --authkey-file key\n"
+            "  python -m shoal serve --address 0.0.0.0:7070 --authkey-file key \\\n"
+            "      --tls-cert cert.pem --tls-key key.pem"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--address", required=True, help="HOST:PORT for TCP, or a Unix socket path")
+    p.add_argument("--authkey-file", required=True,
+                   help="file holding the key (whitespace stripped); must be chmod 600")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve TCP over TLS")
+    p.add_argument("--tls-key", help="PEM private key (if not in --tls-cert)")
+    p.add_argument("--persist", metavar="DIR", help="keep the shared state in DIR")
+    p.add_argument("--fsync", choices=("always", "everysec", "no"), default="everysec",
+                   help="with --persist: when writes reach the disk (default everysec)")
+    p.add_argument("--handshake-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="close a peer that has not authenticated within this time (default 5)")
+    p.add_argument("--max-connections", type=int, default=4096,
+                   help="refuse connections beyond this many (default 4096)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    p.set_defaults(func=_cmd_serve)
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(title="commands", metavar="<command>")
     _add_demo(sub)
+    _add_serve(sub)
     return parser
 
 

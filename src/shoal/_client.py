@@ -44,14 +44,17 @@ default_proxy_factory: list[Callable[..., Any]] = []
 class Connection:
     """A connection to one server, shared by every proxy of this process."""
 
-    def __init__(self, address: Address, authkey: bytes, serializer: str = "pickle") -> None:
+    def __init__(self, address: Address, authkey: bytes, serializer: str = "pickle",
+                 tls: Any = None) -> None:
         self.address = address
         self.serializer = serializer
+        # What a proxy pickled into another process takes along to reconnect the same way.
+        self.tls = tls if tls is None or isinstance(tls, (bool, str)) else True
         self.authkey = bytes(authkey)
         self.stale = False
         self.closed = False
         self.pid = os.getpid()
-        sock = connect(address)
+        sock = connect(address, tls=tls)
         try:
             handshake(sock, self.authkey)
             sock.settimeout(None)
@@ -344,22 +347,24 @@ def _rebuild_error(name: str, args: list[Any], message: str) -> BaseException:
         return RemoteError(message)
 
 
-_connections: dict[tuple[Address, bytes, str], Connection] = {}
+_connections: dict[tuple[Address, bytes, str, Any], Connection] = {}
 _connections_lock = threading.Lock()
 
 
-def get_connection(address: Address, authkey: bytes, serializer: str = "pickle") -> Connection:
+def get_connection(address: Address, authkey: bytes, serializer: str = "pickle",
+                   tls: Any = None) -> Connection:
     """This process's connection to ``address`` (made on first use)."""
     if serializer not in ("pickle", "xmlrpclib"):
         raise ValueError(f"serializer must be 'pickle' or 'xmlrpclib', not {serializer!r}")
-    key = (address, bytes(authkey), serializer)
+    key = (address, bytes(authkey), serializer,
+           tls if tls is None or isinstance(tls, (bool, str)) else id(tls))
     conn = _connections.get(key)
     if conn is not None and not conn.closed:
         return conn
     with _connections_lock:
         conn = _connections.get(key)
         if conn is None or conn.closed:
-            conn = _connections[key] = Connection(address, authkey, serializer)
+            conn = _connections[key] = Connection(address, authkey, serializer, tls)
         return conn
 
 

@@ -78,7 +78,8 @@ class BaseManager:
 
     def __init__(self, address: Any = None, authkey: bytes | None = None,
                  serializer: str = "pickle", ctx: Any = None, *, shutdown_timeout: float = 1.0,
-                 nested: str | None = None, persist: Any = None, fsync: str = "everysec") -> None:
+                 nested: str | None = None, persist: Any = None, fsync: str = "everysec",
+                 tls: Any = None) -> None:
         if authkey is None:
             authkey = process.current_process().authkey
         nested = nested or self._nested_default
@@ -91,6 +92,7 @@ class BaseManager:
         if serializer not in ("pickle", "xmlrpclib"):
             raise ValueError(f"serializer must be 'pickle' or 'xmlrpclib', not {serializer!r}")
         self._serializer = serializer
+        self._tls = tls
         self._ctx = ctx or multiprocessing.get_context()
         self._shutdown_timeout = shutdown_timeout
         self._nested = nested
@@ -153,7 +155,7 @@ class BaseManager:
         """Connect to a server already running at ``address``."""
         if self._address is None:
             raise ValueError("connect() needs the address of a running server")
-        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer)
+        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer, self._tls)
         self._install_proxytypes()
         self._state.value = STARTED
 
@@ -188,7 +190,7 @@ class BaseManager:
             self._process.join(1)
             raise result
         self._address = result
-        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer)
+        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer, self._tls)
         self._install_proxytypes()
         self._state.value = STARTED
         self.shutdown = util.Finalize(
@@ -268,7 +270,7 @@ class BaseManager:
         conn = self._conn
         if conn is None or conn.closed:
             assert self._address is not None
-            conn = self._conn = get_connection(self._address, bytes(self._authkey), self._serializer)
+            conn = self._conn = get_connection(self._address, bytes(self._authkey), self._serializer, self._tls)
             self._install_proxytypes()
         return conn
 
@@ -362,10 +364,17 @@ def Manager(*, address: Any = None, authkey: bytes | None = None, nested: str = 
     return m
 
 
-def connect(address: Any, authkey: bytes | None = None) -> SyncManager:
-    """A SyncManager connected to the running server at ``address``
-    (a socket path, ``(host, port)``, ``"tcp://host:port"``)."""
-    m = SyncManager(address=address, authkey=authkey)
+def connect(address: Any, authkey: bytes | None = None, tls: Any = None) -> SyncManager:
+    """A SyncManager connected to the running server at ``address``: a socket path,
+    ``(host, port)`` or ``"tcp://host:port"``. ``tls``: True (verify the server against the
+    system's certificate authorities), a CA file's path, or an ``ssl.SSLContext``.
+
+    Example::
+
+        m = shoal.connect("tcp://127.0.0.1:7070", authkey=key, tls="ca.pem")
+        m.root["jobs"] = []
+    """
+    m = SyncManager(address=address, authkey=authkey, tls=tls)
     m.connect()
     return m
 

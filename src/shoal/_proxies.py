@@ -60,12 +60,14 @@ class BaseProxy:
 
     def __init__(self, token: Token, serializer: Any = None, manager: Any = None,
                  authkey: bytes | None = None, exposed: Any = None, incref: bool = True,
-                 manager_owned: bool = False) -> None:
+                 manager_owned: bool = False, tls: Any = None) -> None:
         if authkey is None:
             authkey = manager._authkey if manager is not None else process.current_process().authkey
         if serializer not in ("pickle", "xmlrpclib"):
             serializer = getattr(manager, "_serializer", "pickle")
-        conn = get_connection(token.address, bytes(authkey), serializer)  # type: ignore[arg-type]
+        if tls is None and manager is not None:
+            tls = getattr(manager, "_tls", None)
+        conn = get_connection(token.address, bytes(authkey), serializer, tls)  # type: ignore[arg-type]
         self._setup(token, conn, manager, exposed, incref)
 
     def _setup(self, token: Token, conn: Connection, manager: Any, exposed: Any,
@@ -101,7 +103,8 @@ class BaseProxy:
     def _reconnect(self) -> Connection:
         # After fork (or a broken connection): this process needs its own connection, and the
         # server must learn that this connection now holds the object.
-        conn = get_connection(self._address, bytes(self._authkey), self._serializer)
+        conn = get_connection(self._address, bytes(self._authkey), self._serializer,
+                              self._conn.tls)
         conn.track(self._id, hold=True)
         self._conn = conn
         return conn
@@ -137,7 +140,8 @@ class BaseProxy:
 
     def __reduce__(self) -> Any:
         authkey = bytes(self._authkey) if get_spawning_popen() is not None else None
-        return (_rebuild, (type(self), self._token, authkey, self._exposed_, self._serializer))
+        return (_rebuild, (type(self), self._token, authkey, self._exposed_, self._serializer,
+                           self._conn.tls))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} object, typeid {self._token.typeid!r} at {id(self):#x}>"
@@ -150,10 +154,10 @@ class BaseProxy:
 
 
 def _rebuild(cls: type[BaseProxy], token: Token, authkey: bytes | None,
-             exposed: Any = None, serializer: str = "pickle") -> BaseProxy:
+             exposed: Any = None, serializer: str = "pickle", tls: Any = None) -> BaseProxy:
     if authkey is None:
         authkey = bytes(process.current_process().authkey)
-    return cls(token, serializer, authkey=authkey, exposed=exposed)
+    return cls(token, serializer, authkey=authkey, exposed=exposed, tls=tls)
 
 
 _local_locks: dict[tuple[Any, int], threading.RLock] = {}

@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import socket
+import ssl
 import time
 import weakref
 from collections import deque
@@ -88,12 +89,43 @@ class Conn:
         self.host = ""
         self.since = time.time()
         self.codec = Codec(ref_of=self._ref_of, make_ref=server.lookup_ref, from_opaque=Opaque)
-        hello, self.nonce = P.server_hello()
+        self.hello, self.nonce = P.server_hello()
+        # The handshake timer covers TLS and authentication: a peer that does not finish both
+        # in time is closed, having been told nothing.
         self.timer = server.loop.call_later(server.handshake_timeout, self._handshake_timeout)
+        self.tls_pending = isinstance(sock, ssl.SSLSocket)
+        if not self.tls_pending:
+            self._send_hello()
+
+    def _send_hello(self) -> None:
         try:
-            sock.send(hello)
+            self.sock.send(self.hello)
         except OSError:
             pass
+
+    def _tls_handshake(self) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(WRITE)
+            return
+        except OSError as e:          # ssl.SSLError included
+            log.info("closing %r: TLS handshake failed: %s", self, e)
+            self.close()
+            return
+        self.tls_pending = False
+        self._want(READ)
+        self._send_hello()
+
+    def _want(self, events: int) -> None:
+        if events != self.events:
+            self.events = events
+            self.server.loop.modify(self.fd, events)
 
     def __repr__(self) -> str:
         return f"<connection fd={self.fd} pid={self.pid}>"
@@ -116,13 +148,20 @@ class Conn:
     # -- input -------------------------------------------------------------------------------
 
     def on_event(self, events: int) -> None:
+        if self.tls_pending:
+            self._tls_handshake()
+            return
         if events & WRITE:
             self.flush()
             if not events & ~WRITE or self.closed:
                 return
         try:
             data: Any = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+            if self.server.tls is not None:
+                # TLS may hold decrypted bytes that epoll cannot see: take them now.
+                while self.sock.pending():      # type: ignore[attr-defined]
+                    data += self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:
             self.close()
@@ -234,7 +273,7 @@ class Conn:
         self.out = []
         try:
             sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             sent = 0
         except OSError:
             self.close()
@@ -245,9 +284,7 @@ class Conn:
             want = WRITE if len(self.pending) > _OUT_HIGH else READ | WRITE
         else:
             want = READ
-        if want != self.events:
-            self.events = want
-            self.server.loop.modify(self.fd, want)
+        self._want(want)
 
     def close(self) -> None:
         if self.closed:
@@ -280,8 +317,9 @@ class Server:
 
     def __init__(self, address: Address | None, authkey: bytes, *,
                  registry: dict[str, Registration] | None = None, nested: str = "share",
-                 owner_pid: int | None = None, handshake_timeout: float = 10.0,
-                 max_frame: int = P.MAX_FRAME) -> None:
+                 owner_pid: int | None = None, handshake_timeout: float = 5.0,
+                 max_frame: int = P.MAX_FRAME, max_connections: int = 4096,
+                 tls: ssl.SSLContext | None = None) -> None:
         if nested not in ("share", "copy"):
             raise ValueError(f"nested must be 'share' or 'copy', not {nested!r}")
         self.authkey = bytes(authkey)
@@ -289,6 +327,8 @@ class Server:
         self.registry = dict(registry or {})
         self.handshake_timeout = handshake_timeout
         self.max_frame = max_frame
+        self.max_connections = max_connections
+        self.tls = tls
         self.loop = Loop()
         self.loop.after_each_turn(self._flush_dirty)
         # id -> weak reference; an entry goes when its object is freed.
@@ -467,9 +507,15 @@ class Server:
             except OSError as e:
                 log.warning("accept failed: %s", e)
                 return
+            if len(self.conns) >= self.max_connections:
+                log.warning("refused a connection: already %d (max_connections)", len(self.conns))
+                sock.close()
+                continue
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             conn = Conn(self, sock)
             self.conns.add(conn)
             self.loop.add(conn.fd, READ, conn.on_event)

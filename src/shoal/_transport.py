@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import tempfile
 from typing import Any, Union
 
@@ -79,16 +80,35 @@ def listen(address: Address | None) -> tuple[socket.socket, Address, str | None]
     return sock, real, private_dir
 
 
-def connect(address: Address, timeout: float = 10.0) -> socket.socket:
+def tls_context(tls: Any) -> ssl.SSLContext | None:
+    """A client's TLS context from what the user gave: None/False (no TLS), True (the system's
+    certificate authorities), a CA file's path, or an ``ssl.SSLContext``."""
+    if tls is None or tls is False:
+        return None
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if tls is True:
+        return ssl.create_default_context()
+    if isinstance(tls, (str, os.PathLike)):
+        return ssl.create_default_context(cafile=os.fspath(tls))
+    raise TypeError("tls must be None, True, a CA file path or an ssl.SSLContext")
+
+
+def connect(address: Address, timeout: float = 10.0, tls: Any = None) -> socket.socket:
     """A connected blocking socket to a server, or ConnectionLost saying why not."""
+    context = tls_context(tls)
     try:
         if isinstance(address, str):
+            if context is not None:
+                raise ValueError("TLS is for TCP addresses; a Unix socket is already private")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
             sock.connect(address)
         else:
             sock = socket.create_connection(address, timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=address[0])
     except OSError as e:
         raise ConnectionLost(f"cannot connect to the shoal server at {address!r}: {e}") from e
     return sock
