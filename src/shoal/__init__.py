@@ -17,10 +17,11 @@ from ._errors import AuthenticationError, ConnectionLost, ProtocolError, RemoteE
 from ._managers import BaseManager, Manager, SyncManager, connect
 from ._patch import patch_multiprocessing
 from ._proxies import (ArrayProxy, BaseProxy, DictProxy, ListProxy, NamespaceProxy, Token,
-                       ValueProxy, unwrap)
+                       ValueProxy, pipeline, unwrap)
 
 __all__ = [
     "Manager", "connect", "BaseManager", "SyncManager", "patch_multiprocessing", "unwrap",
+    "pipeline",
     "BaseProxy", "DictProxy", "ListProxy", "NamespaceProxy", "ValueProxy", "ArrayProxy", "Token",
     "ShoalError", "ConnectionLost", "AuthenticationError", "RemoteError", "ProtocolError",
 ]

@@ -27,13 +27,15 @@ from typing import Any
 
 from . import _protocol as P
 from ._codec import Codec
-from ._errors import WIRE_EXCEPTIONS, ConnectionLost, ProtocolError, RemoteError
+from ._errors import WIRE_EXCEPTIONS, ConnectionLost, ProtocolError, RemoteError, ShoalError
 from ._transport import Address, connect, handshake
 
 __all__ = ["Connection", "get_connection", "proxy_types"]
 
 HEADER = P.HEADER
 _NOTE_RID = 0
+_NONE_BODY = Codec().encode([P.REPLY_OK, None])
+_NONE = (P.REPLY_OK, None)
 
 # typeid -> proxy class, filled by the proxies module and by managers' register().
 proxy_types: dict[str, Callable[..., Any]] = {}
@@ -231,6 +233,61 @@ class Connection:
                 self._rbuf += chunk
             return self._decode_reply(self._read_until(rid))
         return self._decode_reply(self._wait(rid))
+
+    def new_codec(self) -> Codec:
+        """A codec of this connection's kind, for a caller that encodes on its own (pipelines)."""
+        builtin_only = self.serializer == "xmlrpclib"
+        return Codec(ref_of=self._ref_of, make_ref=self._make_proxy, from_opaque=pickle.loads,
+                     pickle_unknown=not builtin_only, tuples_as_lists=builtin_only)
+
+    def next_rid(self) -> int:
+        return next(self._ids) & 0xFFFFFFFF or next(self._ids)
+
+    def send_frames(self, data: bytes) -> None:
+        """Send already encoded request frames; their replies are collected with ``results``."""
+        if self.closed:
+            raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
+        with self._send_lock:
+            if self._notes or self._dead:
+                data = self._collect_notes() + data
+            try:
+                self.sock.sendall(data)
+            except OSError as e:
+                self._broken(e)
+
+    def results(self, rids: list[int]) -> list[tuple[int, Any]]:
+        """The replies to ``rids`` (sent with ``send_frames``): (status, value) each, in order;
+        status 0 is a value, anything else an error to raise with ``raise_reply``."""
+        decode = self._codec.decode
+        if not self._read_lock.acquire(False):
+            return [decode(self._wait(rid)) for rid in rids]
+        out = []
+        replies = self._replies
+        try:
+            for rid in rids:
+                body = replies.pop(rid, None) if replies else None
+                while body is None:
+                    got, data = self._read_frame()
+                    if got == rid:
+                        body = data
+                    else:
+                        with self._cond:
+                            replies[got] = data
+                            self._cond.notify_all()
+                out.append(_NONE if body == _NONE_BODY else decode(body))
+            return out
+        finally:
+            self._read_lock.release()
+            if self._waiting:
+                with self._cond:
+                    self._cond.notify_all()
+
+    def raise_reply(self, status: int, value: Any) -> None:
+        exc = pickle.loads(value) if status == P.REPLY_PICKLED_ERROR else _rebuild_error(*value)
+        try:
+            raise exc
+        finally:
+            del exc, value
 
     def _read_until(self, rid: int) -> bytes:
         """Holding the reader role: read frames, hand others theirs, until ours comes."""

@@ -192,7 +192,10 @@ class SDict(Shared):
 
     @op("__setitem__")
     def setitem(self, key: Any, value: Any) -> None:
-        self.data[key] = self.server.share(value, self)
+        t = type(value)
+        if t is dict or t is list:
+            value = self.server.share(value, self)
+        self.data[key] = value
 
     @op("__delitem__")
     def delitem(self, key: Any) -> None:

@@ -16,9 +16,12 @@ from typing import Any, NamedTuple
 from . import _client
 from ._client import Connection, get_connection
 from ._objects import OWNER_DIED
+from ._protocol import HEADER
+
+_pack_header = HEADER.pack
 from ._transport import Address
 
-__all__ = ["Token", "BaseProxy", "DictProxy", "ListProxy", "NamespaceProxy", "ValueProxy",
+__all__ = ["Token", "BaseProxy", "pipeline", "Pipeline", "Pending", "DictProxy", "ListProxy", "NamespaceProxy", "ValueProxy",
            "ArrayProxy", "AutoProxy", "make_proxy_type", "unwrap"]
 
 
@@ -497,6 +500,171 @@ class ChunkedIterator(BaseProxy):
             if not buf:
                 raise StopIteration
         return buf.pop()
+
+
+class Pending:
+    """The result of a call made in a pipeline: ``.value`` once the pipeline has ended."""
+
+    __slots__ = ("_pipeline", "_index")
+
+    def __init__(self, pipeline: Pipeline, index: int) -> None:
+        self._pipeline, self._index = pipeline, index
+
+    @property
+    def value(self) -> Any:
+        """The call's result (its exception raised if it failed); waits for it if needed."""
+        status, value = self._pipeline._reply(self._index)
+        if status:
+            self._pipeline._conn.raise_reply(status, value)  # type: ignore[union-attr]
+        return value
+
+
+class Pipeline:
+    """Calls sent without waiting for each reply; see ``shoal.pipeline``."""
+
+    window = 8192      # calls in flight at most; older replies are collected past it
+    chunk = 64 * 1024  # bytes of requests buffered before they are sent
+
+    def __init__(self) -> None:
+        self._conn: Connection | None = None
+        self._encode: Any = None
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._rids: list[int] = []        # every call's request id, in order
+        self._replies: list[Any] = []     # (status, value) of the calls collected so far
+        self._error: tuple[int, Any] | None = None
+
+    def __call__(self, proxy: BaseProxy) -> PipelinedProxy:
+        """A view of ``proxy`` whose calls go through this pipeline."""
+        conn = proxy._conn
+        if conn.closed:
+            conn = proxy._reconnect()
+        if self._conn is None:
+            self._conn = conn
+            self._encode = conn.new_codec().encode
+        elif self._conn is not conn:
+            raise ValueError("one pipeline carries the calls of one server's objects")
+        return PipelinedProxy(self, proxy)
+
+    def call(self, oid: int, name: str, args: list[Any]) -> int:
+        """Queue a call; return its index in this pipeline."""
+        rid = self._conn.next_rid()  # type: ignore[union-attr]
+        body = self._encode([oid, name, args])
+        self._buffer.append(_pack_header(len(body), rid) + body)
+        self._buffered += len(body) + 8
+        self._rids.append(rid)
+        if self._buffered >= self.chunk:
+            self._send()
+            if len(self._rids) - len(self._replies) > self.window:
+                self._collect(len(self._rids) - self.window // 2)
+        return len(self._rids) - 1
+
+    def _send(self) -> None:
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            self._buffered = 0
+            self._conn.send_frames(data)  # type: ignore[union-attr]
+
+    def _collect(self, upto: int) -> None:
+        """Collect the replies of calls up to index ``upto`` (excluded)."""
+        self._send()
+        done = len(self._replies)
+        if upto > done:
+            replies = self._conn.results(self._rids[done:upto])  # type: ignore[union-attr]
+            if self._error is None:
+                for r in replies:
+                    if r[0]:
+                        self._error = r
+                        break
+            self._replies.extend(replies)
+
+    def _reply(self, index: int) -> Any:
+        if index >= len(self._replies):
+            self._collect(index + 1)
+        return self._replies[index]
+
+    def sync(self) -> None:
+        """Wait for every call sent so far; raise the first error among them."""
+        self._collect(len(self._rids))
+        error, self._error = self._error, None
+        if error is not None:
+            self._conn.raise_reply(*error)  # type: ignore[union-attr]
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, t: Any, v: Any, tb: Any) -> None:
+        if self._conn is None:
+            return
+        if t is None:
+            self.sync()
+        else:          # an error in the block: still read every reply, keep the block's error
+            try:
+                self.sync()
+            except Exception:
+                pass
+
+
+class PipelinedProxy:
+    """``proxy`` seen through a pipeline: each call returns a ``Pending`` at once."""
+
+    __slots__ = ("_pipeline", "_proxy")
+
+    def __init__(self, pipeline: Pipeline, proxy: BaseProxy) -> None:
+        self._pipeline, self._proxy = pipeline, proxy
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._pipeline.call(self._proxy._id, "__setitem__", [key, value])
+
+    def __getitem__(self, key: Any) -> Pending:
+        pipe = self._pipeline
+        return Pending(pipe, pipe.call(self._proxy._id, "__getitem__", [key]))
+
+    def __delitem__(self, key: Any) -> None:
+        self._pipeline.call(self._proxy._id, "__delitem__", [key])
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        pipe, oid = self._pipeline, self._proxy._id
+
+        def call(*args: Any) -> Pending:
+            return Pending(pipe, pipe.call(oid, name, list(args)))
+        return call
+
+
+def pipeline(*proxies: BaseProxy) -> Any:
+    """Send many calls without waiting for each reply, and collect the replies once.
+
+    ``with shoal.pipeline(d) as pd:`` gives a view of ``d`` whose calls return at once (a
+    ``Pending`` each; its ``.value`` is there after the block); the block's end waits for every
+    reply and raises the first error among them. Calls run in the order sent, each still atomic,
+    but others' calls may come between them. Several proxies of one server:
+    ``with shoal.pipeline(d, lst) as (pd, pl):``.
+
+    Example::
+
+        with shoal.pipeline(d) as pd:
+            for i in range(100_000):
+                pd[i] = i
+            n = pd.incr("count")
+        print(n.value)
+    """
+    pipe = Pipeline()
+    views = [pipe(p) for p in proxies]
+    return _PipelineContext(pipe, views[0] if len(views) == 1 else tuple(views))
+
+
+class _PipelineContext:
+    def __init__(self, pipe: Pipeline, views: Any) -> None:
+        self._pipe, self._views = pipe, views
+
+    def __enter__(self) -> Any:
+        return self._views
+
+    def __exit__(self, *exc: Any) -> None:
+        self._pipe.__exit__(*exc)
 
 
 def _method(name: str) -> Any:

@@ -35,7 +35,8 @@ __all__ = ["Server", "Registration"]
 
 log = logging.getLogger("shoal.server")
 HEADER = P.HEADER
-_OUT_HIGH = 32 * 1024 * 1024   # stop reading from a client that does not read its replies
+_OUT_HIGH = 32 * 1024 * 1024
+_NONE_REPLY = Codec().encode([P.REPLY_OK, None])   # the most common reply, encoded once   # stop reading from a client that does not read its replies
 
 
 class Registration:
@@ -435,14 +436,18 @@ class Server:
                 result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
             else:
                 result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
-            if result is PENDING or not rid:
+            if result is None:
+                out = _NONE_REPLY
+            elif result is PENDING or not rid:
                 return
-            out = conn.codec.encode([0, result])
+            else:
+                out = conn.codec.encode([0, result])
         except Exception as e:
             if not rid:
                 return
             out = conn.encode_error(e)
-        conn.out.append(HEADER.pack(len(out), rid) + out)
+        if rid:
+            conn.out.append(HEADER.pack(len(out), rid) + out)
 
     def custom_call(self, obj: SCustom, name: str) -> Callable[..., Any]:
         """Run a registered type's method in a worker thread and reply when it returns."""

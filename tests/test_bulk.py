@@ -1,0 +1,59 @@
+"""Bulk calls and pipelines: many operations, few round trips, same results."""
+
+from __future__ import annotations
+
+import pytest
+
+import shoal
+
+
+def test_pipeline_writes_land_in_order(manager: shoal.SyncManager) -> None:
+    d = manager.dict()
+    with shoal.pipeline(d) as pd:
+        for i in range(20_000):
+            pd[i] = i
+        pd["k"] = 1
+        pd["k"] = 2                      # runs after the first: order is kept
+        n = pd.incr("count", 5)
+        got = pd.get(7)
+    assert len(d) == 20_002 and d["k"] == 2
+    assert n.value == 5 and got.value == 7
+
+
+def test_pipeline_reports_the_first_error_at_the_end(manager: shoal.SyncManager) -> None:
+    d = manager.dict()
+    with pytest.raises(KeyError):
+        with shoal.pipeline(d) as pd:
+            pd["a"] = 1
+            missing = pd["missing"]
+            pd["b"] = 2                  # still runs: a pipeline does not stop at an error
+    assert d == {"a": 1, "b": 2}
+    with pytest.raises(KeyError):
+        missing.value
+    assert d.get("a") == 1               # the connection is in a clean state afterwards
+
+
+def test_pipeline_over_several_objects(manager: shoal.SyncManager) -> None:
+    d, lst = manager.dict(), manager.list()
+    with shoal.pipeline(d, lst) as (pd, pl):
+        for i in range(100):
+            pd[i] = i
+            pl.append(i)
+    assert len(d) == 100 and lst[:3] == [0, 1, 2] and len(lst) == 100
+
+
+def test_value_read_inside_the_block_waits_for_it(manager: shoal.SyncManager) -> None:
+    d = manager.dict(x=41)
+    with shoal.pipeline(d) as pd:
+        r = pd.incr("x")
+        assert r.value == 42
+
+
+def test_bulk_calls(manager: shoal.SyncManager) -> None:
+    d = manager.dict()
+    d.update({i: i * i for i in range(50_000)})
+    assert len(d) == 50_000 and d.get_many([3, 4, -1], None) == [9, 16, None]
+    lst = manager.list()
+    lst.extend(range(10_000))
+    assert len(lst) == 10_000 and lst[-1] == 9_999
+    assert d.copy()[49_999] == 49_999 ** 2
