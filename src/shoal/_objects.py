@@ -75,7 +75,7 @@ class Shared:
             g.count += 1
             return True
         g.owner, g.count, g.since = conn, 1, time.time()
-        self.server.guards += 1
+        self.server.guarded.add(self)
         conn.involved.add(self)
         if g.died:
             g.died = False

@@ -339,7 +339,7 @@ class Server:
         self.dirty: list[Conn] = []
         self.current: Conn | None = None      # the connection whose request is running
         self.current_rid = 0
-        self.guards = 0                       # per-object locks held now
+        self.guarded: set[Shared] = set()     # objects whose per-object lock is held now
         self.disconnect_hooks: list[Callable[[Conn], None]] = []
         self._executor: ThreadPoolExecutor | None = None
         self.share: Callable[..., Any] = self._share if nested == "share" else _identity
@@ -396,12 +396,26 @@ class Server:
             o = get(o.parent) if o.parent >= 0 else None
         return None
 
+    def inner_blocker(self, obj: Shared, conn: Conn) -> Shared | None:
+        """A container inside ``obj`` on which another client holds a per-object lock (locking
+        ``obj`` must wait for it, or the two holders would wait for each other)."""
+        get = self.get
+        for held in self.guarded:
+            if held.guard.owner is conn or held is obj:  # type: ignore[union-attr]
+                continue
+            o = get(held.parent) if held.parent >= 0 else None
+            while o is not None:
+                if o is obj:
+                    return held
+                o = get(o.parent) if o.parent >= 0 else None
+        return None
+
     def unguard(self, obj: Shared) -> None:
         """``obj``'s per-object lock is free: run the requests that waited for it, in order."""
         g = obj.guard
         assert g is not None
         g.owner, g.count = None, 0
-        self.guards -= 1
+        self.guarded.discard(obj)
         waiting, g.queue = g.queue, deque()
         for conn, rid, body in waiting:
             if not conn.closed:
@@ -423,8 +437,10 @@ class Server:
             if obj is None:
                 raise ReferenceError(f"shared object #{oid} no longer exists: it was freed when "
                                      f"the last container and proxy referring to it let go")
-            if self.guards and rid:
+            if self.guarded and rid:
                 holder = self.blocker(obj, conn)
+                if holder is None and name == "_lock_acquire":
+                    holder = self.inner_blocker(obj, conn)
                 if holder is not None:   # another client holds a per-object lock over obj
                     holder.guard.queue.append((conn, rid, body))  # type: ignore[union-attr]
                     conn.involved.add(holder)

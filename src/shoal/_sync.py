@@ -45,14 +45,22 @@ class Waiter:
         self.conn.reply_error(self.rid, exc)
 
 
-def _timeout(value: Any, default_none: bool = True) -> float | None:
-    """None (wait for ever) or seconds >= 0; threading's -1 also means for ever."""
+def _timeout(value: Any, negative: str) -> float | None:
+    """A timeout as the server keeps it: None (for ever) or seconds >= 0.
+
+    What a negative value means depends on the primitive, as in ``threading`` and ``queue``:
+    ``negative="lock"``: -1 is for ever, any other is a ValueError (Lock.acquire);
+    ``"now"``: do not wait (Condition.wait, Event.wait, Semaphore.acquire, Barrier.wait);
+    ``"error"``: a ValueError (Queue.get/put).
+    """
     if value is None:
         return None
     if type(value) not in (int, float):
         raise TypeError(f"timeout must be a number or None, not {type(value).__name__}")
     if value < 0:
-        if value == -1 or default_none:
+        if negative == "now":
+            return 0.0
+        if negative == "lock" and value == -1:
             return None
         raise ValueError("'timeout' must be a non-negative number")
     return float(value)
@@ -104,7 +112,7 @@ class SLock(SyncObject):
         super().__init__(server)
         self.owner: tuple[Conn, int] | None = None
         self.count = 0
-        self.waiters: deque[Waiter] = deque()   # data: (count to restore, result when granted)
+        self.waiters: deque[Waiter] = deque()   # data: (count, reply, is it an acquire)
         self.died = False
         self.since = 0.0
 
@@ -113,30 +121,33 @@ class SLock(SyncObject):
                 if self.owner[0] is None else f"held by pid {self.owner[0].pid}")
         return f"{self.typeid} #{self.oid} ({held}, {len(self.waiters)} waiting)"
 
-    def _take(self, conn: Conn, tid: int, count: int, result: Any) -> Any:
+    def _take(self, conn: Conn, tid: int, count: int, result: Any, acquiring: bool) -> Any:
+        """Make (conn, tid) the owner and return the reply: ``result``, except that an acquire
+        learns of a holder that died (a condition's wait just gets its bool)."""
         self.owner, self.count = (conn, tid), count
         self.since = time.time()
         conn.involved.add(self)
-        if self.died and result is True:
+        if self.died:
             self.died = False
-            return OWNER_DIED
+            if acquiring:
+                return OWNER_DIED
         return result
 
     @op("acquire")
     def acquire(self, blocking: bool = True, timeout: Any = -1, tid: int = 0) -> Any:
         conn = self.server.current
         assert conn is not None
+        if not blocking and timeout not in (-1, None):
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        wait = _timeout(timeout, "lock")
         if self.owner is None:
-            return self._take(conn, tid, 1, True)
+            return self._take(conn, tid, 1, True, True)
         if self.reentrant and self.owner == (conn, tid):
             self.count += 1
             return True
         if not blocking:
-            if timeout not in (-1, None):
-                raise ValueError("can't specify a timeout for a non-blocking call")
             return False
-        return self.park(self.waiters, tid, (1, True), _timeout(timeout),
-                         lambda w: w.answer(False))
+        return self.park(self.waiters, tid, (1, True, True), wait, lambda w: w.answer(False))
 
     @op("release")
     def release(self, tid: int = 0) -> None:
@@ -154,8 +165,8 @@ class SLock(SyncObject):
         self.owner, self.count = None, 0
         while self.waiters:
             w = self.waiters.popleft()
-            count, result = w.data
-            w.answer(self._take(w.conn, w.tid, count, result))
+            count, result, acquiring = w.data
+            w.answer(self._take(w.conn, w.tid, count, result, acquiring))
             return
 
     def enqueue(self, w: Waiter, count: int, result: Any) -> None:
@@ -163,9 +174,9 @@ class SLock(SyncObject):
         if w.timer is not None:
             w.timer.cancel()
             w.timer = None
-        w.data = (count, result)
+        w.data = (count, result, False)
         if self.owner is None:
-            w.answer(self._take(w.conn, w.tid, count, result))
+            w.answer(self._take(w.conn, w.tid, count, result, False))
         else:
             self.waiters.append(w)
             w.conn.involved.add(self)
@@ -239,12 +250,13 @@ class SSemaphore(SyncObject):
         assert conn is not None
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
+        wait = _timeout(timeout, "now")
         if self.value > 0:
             self._take(conn)
             return True
-        if not blocking:
+        if not blocking or wait == 0:
             return False
-        return self.park(self.waiters, tid, None, _timeout(timeout), lambda w: w.answer(False))
+        return self.park(self.waiters, tid, None, wait, lambda w: w.answer(False))
 
     @op("release")
     def release(self, n: int = 1) -> None:
@@ -325,7 +337,7 @@ class SCondition(SyncObject):
         assert conn is not None
         if not self.lock.is_owned(conn, tid):
             raise RuntimeError("cannot wait on un-acquired lock")
-        timeout = _timeout(timeout)
+        timeout = _timeout(timeout, "now")
         count = self.lock.release_all(conn, tid)
 
         def expire(w: Waiter) -> None:
@@ -375,9 +387,12 @@ class SEvent(SyncObject):
 
     @op("wait")
     def wait(self, timeout: Any = None, tid: int = 0) -> Any:
+        wait = _timeout(timeout, "now")
         if self.flag:
             return True
-        return self.park(self.waiters, tid, None, _timeout(timeout), lambda w: w.answer(False))
+        if wait == 0:
+            return False
+        return self.park(self.waiters, tid, None, wait, lambda w: w.answer(False))
 
     def client_gone(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
@@ -396,7 +411,7 @@ class SBarrier(SyncObject):
             raise ValueError("parties must be an int > 0")
         self.parties = parties
         self.action = action                 # opaque: only the client that runs it unpickles it
-        self.default_timeout = _timeout(timeout)
+        self.default_timeout = _timeout(timeout, "now")
         self.waiters: deque[Waiter] = deque()
         self.broken = False
         self.running_action: list[Waiter] | None = None
@@ -409,7 +424,7 @@ class SBarrier(SyncObject):
         if self.broken:
             raise threading.BrokenBarrierError
         index = len(self.waiters)
-        timeout = self.default_timeout if timeout is None else _timeout(timeout)
+        timeout = self.default_timeout if timeout is None else _timeout(timeout, "now")
         if index + 1 == self.parties:
             conn = self.server.current
             assert conn is not None
@@ -515,7 +530,7 @@ class SQueue(SyncObject):
             return None
         if not block:
             raise queue.Full
-        return self.park(self.putters, tid, item, _timeout(timeout, default_none=False),
+        return self.park(self.putters, tid, item, _timeout(timeout, "error"),
                          lambda w: w.fail(queue.Full()))
 
     @op("put_nowait")
@@ -533,7 +548,7 @@ class SQueue(SyncObject):
             return item
         if not block:
             raise queue.Empty
-        return self.park(self.getters, tid, None, _timeout(timeout, default_none=False),
+        return self.park(self.getters, tid, None, _timeout(timeout, "error"),
                          lambda w: w.fail(queue.Empty()))
 
     @op("get_nowait")
