@@ -91,6 +91,37 @@ def _add_serve(sub: _Subparsers) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+# -- inspect -----------------------------------------------------------------------------------
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ._inspect import inspect
+    return inspect(args.address, args.authkey_file, as_json=args.json, watch=args.watch,
+                   interval=args.interval, tls=args.tls_ca)
+
+
+def _add_inspect(sub: _Subparsers) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show what a running server holds: objects, clients, locks and holders, queues",
+        description=(
+            "Connect to a running shoal server and show its objects by type and size, its\n"
+            "clients (pid, host, since when), every lock and semaphore with its holder and\n"
+            "how long it has been held, waiters, queue depths and operations per second.\n"
+            "--json prints one JSON document (its layout is in docs/inspect.md);\n"
+            "--watch refreshes like top until Ctrl-C."
+        ),
+        epilog="example:\n  python -m shoal inspect 127.0.0.1:7070 --authkey-file key --watch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("address", help="the server: HOST:PORT, tcp://HOST:PORT or a socket path")
+    p.add_argument("--authkey-file", required=True, help="file holding the server's key")
+    p.add_argument("--json", action="store_true", help="print JSON (with --watch: one per line)")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--tls-ca", metavar="CAFILE", help="connect with TLS, trusting this CA file")
+    p.set_defaults(func=_cmd_inspect)
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="<command>")
     _add_demo(sub)
     _add_serve(sub)
+    _add_inspect(sub)
     return parser
 
 

@@ -349,6 +349,8 @@ class Server:
         self.loop.add(self.listener.fileno(), READ, self._accept)
         self.started = time.time()
         self.calls = 0
+        self._rate = (time.monotonic(), 0, 0.0)     # (when, calls then, calls per second)
+        self.loop.call_later(1.0, self._sample_rate)
         if owner_pid is not None:
             self._watch_owner(owner_pid)
 
@@ -464,6 +466,7 @@ class Server:
             out = conn.encode_error(e)
         if rid:
             conn.out.append(HEADER.pack(len(out), rid) + out)
+        self.calls += 1
 
     def custom_call(self, obj: SCustom, name: str) -> Callable[..., Any]:
         """Run a registered type's method in a worker thread and reply when it returns."""
@@ -608,6 +611,53 @@ class Server:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self.loop.close()
 
+    def _sample_rate(self) -> None:
+        now, calls = time.monotonic(), self.calls
+        then, before, _ = self._rate
+        self._rate = (now, calls, (calls - before) / max(now - then, 1e-9))
+        self.loop.call_later(1.0, self._sample_rate)
+
+    def inspect(self) -> dict[str, Any]:
+        """What ``shoal inspect`` shows: the server, its objects, clients, locks and queues
+        (the layout is documented in docs/inspect.md and stays stable)."""
+        now = time.time()
+        objects: dict[str, dict[str, int]] = {}
+        locks: list[dict[str, Any]] = []
+        queues: list[dict[str, Any]] = []
+        for obj in self.live_objects():
+            if obj is self.ops:
+                continue
+            kind = objects.setdefault(obj.typeid, {"count": 0, "size": 0})
+            kind["count"] += 1
+            kind["size"] += obj.size()
+            g = obj.guard
+            if g is not None and g.owner is not None:
+                locks.append({"id": obj.oid, "type": f"{obj.typeid}.locked()",
+                              "holder_pid": g.owner.pid, "held_for": round(now - g.since, 3),
+                              "waiting": len(g.queue)})
+            info = obj.inspect() if hasattr(obj, "inspect") else None
+            if info is None:
+                continue
+            info["id"] = obj.oid
+            info["type"] = obj.typeid
+            if "held_for" in info and info["held_for"] is not None:
+                info["held_for"] = round(now - info["held_for"], 3)
+            (queues if "items" in info else locks).append(info)
+        clients = [{"pid": c.pid, "host": c.host, "since": round(c.since, 3),
+                    "connected_for": round(now - c.since, 3), "holds": len(c.handles)}
+                   for c in self.conns if c.authed]
+        address = self.address if isinstance(self.address, str) else list(self.address)
+        return {
+            "server": {"pid": os.getpid(), "address": address, "nested": self.nested,
+                       "started": round(self.started, 3), "uptime": round(now - self.started, 3),
+                       "calls": self.calls, "ops_per_sec": round(self._rate[2], 1),
+                       "tls": self.tls is not None},
+            "objects": objects,
+            "clients": sorted(clients, key=lambda c: c["since"]),
+            "locks": sorted(locks, key=lambda x: x["id"]),
+            "queues": sorted(queues, key=lambda x: x["id"]),
+        }
+
     def number_of_objects(self) -> int:
         gc.collect()
         return sum(1 for o in self.live_objects() if o is not self.ops and o is not self.root)
@@ -679,12 +729,63 @@ class ServerOps(Shared):
         return self.server.nested
 
     @op("number_of_objects")
+    def _sample_rate(self) -> None:
+        now, calls = time.monotonic(), self.calls
+        then, before, _ = self._rate
+        self._rate = (now, calls, (calls - before) / max(now - then, 1e-9))
+        self.loop.call_later(1.0, self._sample_rate)
+
+    def inspect(self) -> dict[str, Any]:
+        """What ``shoal inspect`` shows: the server, its objects, clients, locks and queues
+        (the layout is documented in docs/inspect.md and stays stable)."""
+        now = time.time()
+        objects: dict[str, dict[str, int]] = {}
+        locks: list[dict[str, Any]] = []
+        queues: list[dict[str, Any]] = []
+        for obj in self.live_objects():
+            if obj is self.ops:
+                continue
+            kind = objects.setdefault(obj.typeid, {"count": 0, "size": 0})
+            kind["count"] += 1
+            kind["size"] += obj.size()
+            g = obj.guard
+            if g is not None and g.owner is not None:
+                locks.append({"id": obj.oid, "type": f"{obj.typeid}.locked()",
+                              "holder_pid": g.owner.pid, "held_for": round(now - g.since, 3),
+                              "waiting": len(g.queue)})
+            info = obj.inspect() if hasattr(obj, "inspect") else None
+            if info is None:
+                continue
+            info["id"] = obj.oid
+            info["type"] = obj.typeid
+            if "held_for" in info and info["held_for"] is not None:
+                info["held_for"] = round(now - info["held_for"], 3)
+            (queues if "items" in info else locks).append(info)
+        clients = [{"pid": c.pid, "host": c.host, "since": round(c.since, 3),
+                    "connected_for": round(now - c.since, 3), "holds": len(c.handles)}
+                   for c in self.conns if c.authed]
+        address = self.address if isinstance(self.address, str) else list(self.address)
+        return {
+            "server": {"pid": os.getpid(), "address": address, "nested": self.nested,
+                       "started": round(self.started, 3), "uptime": round(now - self.started, 3),
+                       "calls": self.calls, "ops_per_sec": round(self._rate[2], 1),
+                       "tls": self.tls is not None},
+            "objects": objects,
+            "clients": sorted(clients, key=lambda c: c["since"]),
+            "locks": sorted(locks, key=lambda x: x["id"]),
+            "queues": sorted(queues, key=lambda x: x["id"]),
+        }
+
     def number_of_objects(self) -> int:
         return self.server.number_of_objects()
 
     @op("debug_info")
     def debug_info(self) -> str:
         return self.server.debug_info()
+
+    @op("inspect")
+    def inspect(self) -> dict[str, Any]:
+        return self.server.inspect()
 
     @op("exposed")
     def exposed(self, oid: int) -> list[str]:

@@ -196,6 +196,12 @@ class SLock(SyncObject):
     def locked(self) -> bool:
         return self.owner is not None
 
+    def inspect(self) -> dict[str, Any]:
+        held = self.owner is not None
+        return {"holder_pid": self.owner[0].pid if held and self.owner[0] is not None else None,
+                "held": held, "held_for": self.since if held else None,
+                "depth": self.count, "waiting": len(self.waiters)}
+
     @op("_is_owned")
     def owned(self, tid: int = 0) -> bool:
         return self.owner == (self.server.current, tid)
@@ -293,6 +299,10 @@ class SSemaphore(SyncObject):
     def get_value(self) -> int:
         return self.value
 
+    def inspect(self) -> dict[str, Any]:
+        return {"value": self.value, "initial": self.initial, "waiting": len(self.waiters),
+                "holders": sorted(c.pid for c in self.holders if c.pid is not None)}
+
     def client_gone(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
         n = self.holders.pop(conn, 0)
@@ -322,6 +332,11 @@ class SCondition(SyncObject):
 
     def describe(self) -> str:
         return f"Condition #{self.oid} ({len(self.waiters)} waiting)"
+
+    def inspect(self) -> dict[str, Any]:
+        info = self.lock.inspect()
+        info["waiting_notify"] = len(self.waiters)
+        return info
 
     @op("acquire")
     def acquire(self, blocking: bool = True, timeout: Any = -1, tid: int = 0) -> Any:
@@ -478,6 +493,9 @@ class SBarrier(SyncObject):
     def state(self) -> list[Any]:
         return [self.parties, len(self.waiters), self.broken]
 
+    def inspect(self) -> dict[str, Any]:
+        return {"parties": self.parties, "waiting": len(self.waiters), "broken": self.broken}
+
     def client_gone(self, conn: Conn, clean: bool) -> None:
         party = self.running_action
         if party is not None and party[0].conn is conn:
@@ -558,6 +576,11 @@ class SQueue(SyncObject):
     @op("qsize")
     def qsize(self) -> int:
         return len(self.items)
+
+    def inspect(self) -> dict[str, Any]:
+        return {"items": len(self.items), "maxsize": self.maxsize,
+                "getters_waiting": len(self.getters), "putters_waiting": len(self.putters),
+                "unfinished": self.unfinished if self.joinable else None}
 
     @op("empty")
     def empty(self) -> bool:
