@@ -125,6 +125,21 @@ def _hold_locked(d: Any, ready: Any, seconds: float) -> None:
         d["by_child"] = True
 
 
+def _hold_locked_then_write(sub: Any, ready: Any, seconds: float, out: Any) -> None:
+    with sub.locked():
+        ready.set()
+        time.sleep(seconds)
+        sub["x"] = 1
+    out.put("done")
+
+
+def _notify_and_hang(c: Any, ready: Any) -> None:
+    c.acquire()
+    c.notify()
+    ready.set()
+    time.sleep(600)
+
+
 def _record_action() -> None:
     _ACTIONS.append(threading.get_ident())
 
@@ -201,6 +216,8 @@ def kill(p: Any) -> float:
 
 @pytest.fixture
 def m(manager: shoal.SyncManager) -> Iterator[shoal.SyncManager]:
+    """The module's shared manager (conftest), under a short name; each test makes its own
+    objects in it."""
     yield manager
 
 
@@ -280,7 +297,6 @@ def test_lock_nonblocking_with_timeout_is_refused(m: shoal.SyncManager) -> None:
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.xfail(strict=True, reason="shoal bug: checked only when the lock is held")
 def test_lock_nonblocking_with_timeout_is_refused_when_free(m: shoal.SyncManager) -> None:
     lk = m.Lock()
     with pytest.raises(ValueError):
@@ -288,7 +304,6 @@ def test_lock_nonblocking_with_timeout_is_refused_when_free(m: shoal.SyncManager
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.xfail(strict=True, reason="shoal bug: a negative timeout waits for ever")
 def test_lock_negative_timeout_is_refused(m: shoal.SyncManager) -> None:
     lk = m.Lock()
     lk.acquire()
@@ -478,6 +493,19 @@ def test_condition_wait_for_across_processes(m: shoal.SyncManager) -> None:
     join_all([p])
 
 
+@pytest.mark.timeout(20)
+def test_condition_waiter_notified_by_a_killed_holder(m: shoal.SyncManager) -> None:
+    c = m.Condition()
+    threads, results, counted = _condition_waiters(c, 1)
+    wait_until(lambda: counted[0] == 1)
+    ready = CTX.Event()
+    p = start(_notify_and_hang, c, ready)            # takes the lock once the waiter waits
+    assert ready.wait(10)
+    kill(p)
+    threads[0].join(5)
+    assert results == [True]                          # notified, and has the lock back
+
+
 # -- Event ----------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(10)
@@ -511,12 +539,21 @@ def test_event_set_by_another_process_wakes_at_once(m: shoal.SyncManager) -> Non
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.xfail(strict=True, reason="shoal bug: a negative timeout waits for ever")
-def test_event_negative_timeout_returns_at_once(m: shoal.SyncManager) -> None:
-    e = m.Event()
-    t, out = in_thread(e.wait, -1)
+def test_negative_timeouts_do_not_wait(m: shoal.SyncManager) -> None:
+    # threading: Event/Condition.wait and Semaphore.acquire with a negative timeout give up at
+    # once; Barrier.wait breaks at once.
+    e, c, s, b = m.Event(), m.Condition(), m.Semaphore(0), m.Barrier(2)
+
+    def condition_wait() -> Any:
+        with c:
+            return c.wait(-1)
+    for fn, args in ((e.wait, (-1,)), (condition_wait, ()), (s.acquire, (True, -1))):
+        t, out = in_thread(timed, fn, *args)
+        t.join(1)
+        assert out and out[0][0] is False and out[0][1] < LATE
+    t, out = in_thread(b.wait, -0.5)
     t.join(1)
-    assert out == [False]                         # threading.Event().wait(-1) is False at once
+    assert out and isinstance(out[0], threading.BrokenBarrierError)
 
 
 # -- Barrier --------------------------------------------------------------------------------------
@@ -670,11 +707,13 @@ def test_queue_fifo_and_sizes(m: shoal.SyncManager) -> None:
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.xfail(strict=True, reason="shoal bug: timeout=-1 waits for ever instead of "
-                                       "raising ValueError")
 def test_queue_timeout_minus_one_is_refused(m: shoal.SyncManager) -> None:
-    q = m.Queue()
+    q = m.Queue(1)
     t, out = in_thread(q.get, True, -1)
+    t.join(1)
+    assert out and isinstance(out[0], ValueError)     # queue: a ValueError, not "for ever"
+    q.put(1)
+    t, out = in_thread(q.put, 2, True, -1)
     t.join(1)
     assert out and isinstance(out[0], ValueError)
 
@@ -1031,3 +1070,29 @@ def test_locked_holder_killed_releases_it(m: shoal.SyncManager) -> None:
         assert state.owner_died is True                 # the previous holder died in its block
     with d.locked() as state:
         assert state.owner_died is False                # reset by the next normal hold
+
+
+@pytest.mark.timeout(20)
+@needs_locked
+def test_locked_on_a_container_waits_for_a_lock_held_inside_it(m: shoal.SyncManager) -> None:
+    d = m.dict()
+    d["sub"] = {}
+    sub = d["sub"]
+    ready, out = CTX.Event(), CTX.Queue()
+    p = start(_hold_locked_then_write, sub, ready, 0.3, out)
+    assert ready.wait(10)
+
+    def outer() -> None:
+        with d.locked():
+            sub["y"] = 2
+    t, res = in_thread(outer)
+    try:
+        assert out.get(timeout=2) == "done"
+        t.join(5)
+        assert res == [None] and d["sub"] == {"x": 1, "y": 2}
+        join_all([p])
+    finally:
+        if p.exitcode is None:
+            p.kill()                                    # ends a deadlock, if any
+            p.join(5)
+        t.join(5)
