@@ -65,6 +65,10 @@ class BaseManager:
     ``nested``: ``"share"`` (default) makes plain dicts and lists stored in shared containers
     shared themselves, so ``d['k'][i] = v`` lands; ``"copy"`` keeps Manager's old copy-on-read.
 
+    ``persist``: a directory where the server keeps everything reachable from ``root``, so that
+    it survives a restart; ``fsync``: ``"always"`` (a write is answered once it is on disk),
+    ``"everysec"`` (at most about a second of writes lost in a crash) or ``"no"``.
+
     Example::
 
         with shoal.SyncManager() as m:
@@ -85,8 +89,10 @@ class BaseManager:
         nested = nested or self._nested_default
         if nested not in ("share", "copy"):
             raise ValueError(f"nested must be 'share' or 'copy', not {nested!r}")
-        if persist is not None:
-            raise NotImplementedError("persist= is not available yet")
+        if fsync not in ("always", "everysec", "no"):
+            raise ValueError(f"fsync must be 'always', 'everysec' or 'no', not {fsync!r}")
+        self._persist = os.fspath(persist) if persist is not None else None
+        self._fsync = fsync
         self._address: Address | None = parse_address(address) if address is not None else None
         self._authkey = process.AuthenticationString(authkey)
         if serializer not in ("pickle", "xmlrpclib"):
@@ -148,7 +154,7 @@ class BaseManager:
         if self._state.value != INITIAL:
             raise RuntimeError(f"Server already started (state {self._state.value})")
         server = Server(self._address, bytes(self._authkey), registry=self._server_registry(),
-                        nested=self._nested)
+                        nested=self._nested, persist=self._persist, fsync=self._fsync)
         return ServerHandle(server)
 
     def connect(self) -> None:
@@ -173,7 +179,7 @@ class BaseManager:
         self._process = self._ctx.Process(
             target=type(self)._run_server,
             args=(self._server_registry(), self._address, bytes(self._authkey), self._nested,
-                  os.getpid(), writer, initializer, initargs),
+                  os.getpid(), writer, initializer, initargs, self._persist, self._fsync),
         )
         ident = ":".join(str(i) for i in self._process._identity)
         self._process.name = type(self).__name__ + "-" + ident
@@ -203,13 +209,14 @@ class BaseManager:
     @classmethod
     def _run_server(cls, registry: dict[str, Registration], address: Address | None,
                     authkey: bytes, nested: str, owner_pid: int, writer: Any,
-                    initializer: Callable[..., Any] | None = None, initargs: Any = ()) -> None:
+                    initializer: Callable[..., Any] | None = None, initargs: Any = (),
+                    persist: str | None = None, fsync: str = "everysec") -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the owner, who shuts us down
         if initializer is not None:
             initializer(*initargs)
         try:
             server = Server(address, authkey, registry=registry, nested=nested,
-                            owner_pid=owner_pid)
+                            owner_pid=owner_pid, persist=persist, fsync=fsync)
         except Exception as e:
             writer.send(e)
             writer.close()

@@ -31,10 +31,12 @@ class NoSuchMethod(Exception):
 _LEAF = frozenset({int, str, float, bool, bytes, type(None)})
 
 
-def op(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark a method as callable from the wire under ``names``."""
+def op(*names: str, write: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method as callable from the wire under ``names``; ``write`` marks one that may
+    change the object (it goes to the journal when the server persists)."""
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn._wire_names = names  # type: ignore[attr-defined]
+        fn._writes = write  # type: ignore[attr-defined]
         return fn
     return mark
 
@@ -45,14 +47,19 @@ class Shared:
     __slots__ = ("oid", "server", "parent", "guard", "__weakref__")
     typeid = "object"
     OPS: dict[str, Callable[..., Any]] = {}
+    WRITES: frozenset[str] = frozenset()     # the wire names of the ops that may change it
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         ops = dict(cls.OPS)
+        writes = set(cls.WRITES)
         for attr in vars(cls).values():
             for name in getattr(attr, "_wire_names", ()):
                 ops[name] = attr
+                if attr._writes:
+                    writes.add(name)
         cls.OPS = ops
+        cls.WRITES = frozenset(writes)
 
     def __init__(self, server: Server, parent: Shared | None = None) -> None:
         self.server = server
@@ -186,18 +193,24 @@ class SDict(Shared):
     def size(self) -> int:
         return len(self.data)
 
+    def state(self) -> Any:
+        return self.data
+
+    def restore(self, state: Any) -> None:
+        self.data = state
+
     @op("__getitem__")
     def getitem(self, key: Any) -> Any:
         return self.data[key]
 
-    @op("__setitem__")
+    @op("__setitem__", write=True)
     def setitem(self, key: Any, value: Any) -> None:
         t = type(value)
         if t is dict or t is list:
             value = self.server.share(value, self)
         self.data[key] = value
 
-    @op("__delitem__")
+    @op("__delitem__", write=True)
     def delitem(self, key: Any) -> None:
         del self.data[key]
 
@@ -234,15 +247,15 @@ class SDict(Shared):
         get = self.data.get
         return [get(k, default) for k in keys]
 
-    @op("pop")
+    @op("pop", write=True)
     def pop(self, key: Any, *default: Any) -> Any:
         return self.data.pop(key, *default)
 
-    @op("popitem")
+    @op("popitem", write=True)
     def popitem(self) -> tuple[Any, Any]:
         return self.data.popitem()
 
-    @op("setdefault")
+    @op("setdefault", write=True)
     def setdefault(self, key: Any, default: Any = None) -> Any:
         data = self.data
         if key in data:
@@ -250,7 +263,7 @@ class SDict(Shared):
         value = data[key] = self.server.share(default, self)
         return value
 
-    @op("update")
+    @op("update", write=True)
     def update(self, other: Any = (), **kw: Any) -> None:
         share = self.server.share
         if isinstance(other, SDict):
@@ -268,7 +281,7 @@ class SDict(Shared):
             new[k] = share(v, self)
         self.data.update(new)
 
-    @op("clear")
+    @op("clear", write=True)
     def clear(self) -> None:
         self.data.clear()
 
@@ -276,7 +289,7 @@ class SDict(Shared):
     def copy(self) -> dict[Any, Any]:
         return plain(self)  # type: ignore[no-any-return]
 
-    @op("incr")
+    @op("incr", write=True)
     def incr(self, key: Any, by: Any = 1, default: Any = 0) -> Any:
         value = self.data.get(key, default)
         if type(value) not in (int, float) or type(by) not in (int, float):
@@ -285,7 +298,7 @@ class SDict(Shared):
         self.data[key] = value = value + by
         return value
 
-    @op("cas")
+    @op("cas", write=True)
     def cas(self, key: Any, expected: Any, new: Any) -> bool:
         if self.data.get(key) != expected:
             return False
@@ -312,11 +325,17 @@ class SList(Shared):
     def size(self) -> int:
         return len(self.data)
 
+    def state(self) -> Any:
+        return self.data
+
+    def restore(self, state: Any) -> None:
+        self.data = state
+
     @op("__getitem__")
     def getitem(self, index: Any) -> Any:
         return self.data[index]
 
-    @op("__setitem__")
+    @op("__setitem__", write=True)
     def setitem(self, index: Any, value: Any) -> None:
         share = self.server.share
         if type(index) is slice:
@@ -324,7 +343,7 @@ class SList(Shared):
         else:
             self.data[index] = share(value, self)
 
-    @op("__delitem__")
+    @op("__delitem__", write=True)
     def delitem(self, index: Any) -> None:
         del self.data[index]
 
@@ -340,28 +359,28 @@ class SList(Shared):
     def contains(self, value: Any) -> bool:
         return value in self.data
 
-    @op("append")
+    @op("append", write=True)
     def append(self, value: Any) -> None:
         self.data.append(self.server.share(value, self))
 
-    @op("extend", "__iadd__")
+    @op("extend", "__iadd__", write=True)
     def extend(self, values: Any) -> None:
         share = self.server.share
         self.data.extend([share(v, self) for v in _items(values)])
 
-    @op("__imul__")
+    @op("__imul__", write=True)
     def imul(self, n: int) -> None:
         self.data *= n
 
-    @op("insert")
+    @op("insert", write=True)
     def insert(self, index: int, value: Any) -> None:
         self.data.insert(index, self.server.share(value, self))
 
-    @op("pop")
+    @op("pop", write=True)
     def pop(self, index: int = -1) -> Any:
         return self.data.pop(index)
 
-    @op("remove")
+    @op("remove", write=True)
     def remove(self, value: Any) -> None:
         self.data.remove(value)
 
@@ -373,15 +392,15 @@ class SList(Shared):
     def count(self, value: Any) -> int:
         return self.data.count(value)
 
-    @op("sort")
+    @op("sort", write=True)
     def sort(self, reverse: bool = False) -> None:
         self.data.sort(reverse=bool(reverse))
 
-    @op("reverse")
+    @op("reverse", write=True)
     def reverse(self) -> None:
         self.data.reverse()
 
-    @op("clear")
+    @op("clear", write=True)
     def clear(self) -> None:
         self.data.clear()
 
@@ -389,7 +408,7 @@ class SList(Shared):
     def copy(self) -> list[Any]:
         return plain(self)  # type: ignore[no-any-return]
 
-    @op("replace_if")
+    @op("replace_if", write=True)
     def replace_if(self, expected: list[Any], new: list[Any]) -> bool:
         """Replace the whole content when it still equals ``expected`` (sort with a key)."""
         if self.data != expected:
@@ -438,6 +457,12 @@ class SNamespace(Shared):
     def size(self) -> int:
         return len(self.attrs)
 
+    def state(self) -> Any:
+        return self.attrs
+
+    def restore(self, state: Any) -> None:
+        self.attrs = state
+
     @op("__getattribute__")
     def getattr(self, name: str) -> Any:
         try:
@@ -445,13 +470,13 @@ class SNamespace(Shared):
         except KeyError:
             raise AttributeError(f"'Namespace' object has no attribute {name!r}") from None
 
-    @op("__setattr__")
+    @op("__setattr__", write=True)
     def setattr(self, name: str, value: Any) -> None:
         if type(name) is not str:
             raise TypeError("attribute name must be string")
         self.attrs[name] = self.server.share(value, self)
 
-    @op("__delattr__")
+    @op("__delattr__", write=True)
     def delattr(self, name: str) -> None:
         try:
             del self.attrs[name]
@@ -472,11 +497,17 @@ class SValue(Shared):
         self.typecode = typecode
         self.value = server.share(value, self)
 
+    def state(self) -> Any:
+        return [self.typecode, self.value]
+
+    def restore(self, state: Any) -> None:
+        self.typecode, self.value = state
+
     @op("get")
     def get(self) -> Any:
         return self.value
 
-    @op("set")
+    @op("set", write=True)
     def set(self, value: Any) -> None:
         self.value = self.server.share(value, self)
 
@@ -484,7 +515,7 @@ class SValue(Shared):
     def get_typecode(self) -> Any:
         return self.typecode
 
-    @op("incr")
+    @op("incr", write=True)
     def incr(self, by: Any = 1) -> Any:
         if type(self.value) not in (int, float) or type(by) not in (int, float):
             raise TypeError("incr needs a number")
@@ -505,6 +536,12 @@ class SArray(Shared):
     def size(self) -> int:
         return len(self.array)
 
+    def state(self) -> Any:
+        return [self.array.typecode, self.array.tolist()]
+
+    def restore(self, state: Any) -> None:
+        self.array = array.array(state[0], state[1])
+
     @op("__len__")
     def len(self) -> int:
         return len(self.array)
@@ -515,7 +552,7 @@ class SArray(Shared):
             return self.array[index].tolist()
         return self.array[index]
 
-    @op("__setitem__")
+    @op("__setitem__", write=True)
     def setitem(self, index: Any, value: Any) -> None:
         if type(index) is slice:
             value = array.array(self.array.typecode, _items(value))

@@ -10,6 +10,7 @@ import stat
 import sys
 from typing import Any
 
+from ._persist import StoreError
 from ._server import Server
 from ._transport import Address, parse_address
 
@@ -72,16 +73,14 @@ def serve(address: str, authkey_file: str, tls_cert: str | None = None,
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s shoal %(levelname)s %(message)s")
     try:
-        if persist is not None:
-            raise ConfigError("--persist is not available in this version")
         where: Any = parse_address(address)
         key = read_authkey(authkey_file)
         context = server_tls(tls_cert, tls_key)
         if isinstance(where, str) and context is not None:
             raise ConfigError("TLS is for TCP addresses; a Unix socket is already private")
         server = Server(where, key, tls=context, handshake_timeout=handshake_timeout,
-                        max_connections=max_connections)
-    except (ConfigError, ValueError) as e:
+                        max_connections=max_connections, persist=persist, fsync=fsync)
+    except (ConfigError, ValueError, StoreError) as e:
         print(f"shoal serve: {e}", file=sys.stderr)
         return 2
     except OSError as e:

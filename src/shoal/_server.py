@@ -19,13 +19,14 @@ import ssl
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import _protocol as P
 from ._codec import Codec, Opaque
 from ._errors import WIRE_NAMES, RemoteError
+from ._persist import FileIO, Store, StoreError
 from ._loop import READ, WRITE, Loop
 from ._sync import SYNC_TYPES
 from ._objects import NATIVE_TYPES, PENDING, SCustom, SDict, SList, Shared, op
@@ -200,6 +201,9 @@ class Conn:
             del buf[:pos]
         elif pos < n:
             buf += data[pos:]
+        server = self.server
+        if server.held:
+            server.commit()          # writes reach the journal before their replies go out
         if self.out:
             self.flush()
 
@@ -320,7 +324,8 @@ class Server:
                  registry: dict[str, Registration] | None = None, nested: str = "share",
                  owner_pid: int | None = None, handshake_timeout: float = 5.0,
                  max_frame: int = P.MAX_FRAME, max_connections: int = 4096,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, persist: str | None = None,
+                 fsync: str = "everysec", store_io: FileIO | None = None) -> None:
         if nested not in ("share", "copy"):
             raise ValueError(f"nested must be 'share' or 'copy', not {nested!r}")
         self.authkey = bytes(authkey)
@@ -345,6 +350,18 @@ class Server:
         self.share: Callable[..., Any] = self._share if nested == "share" else _identity
         self.ops = ServerOps(self)            # object id 0
         self.root = SDict(self)               # object id 1
+        self.held: list[tuple[Conn, int, bytes]] = []   # replies waiting for a journal commit
+        self.journal_codec = Codec(ref_of=_ref_of_shared, make_ref=self._restore_ref,
+                                   from_opaque=Opaque, pickle_unknown=False)
+        self._restoring = False
+        self.store: Store | None = None
+        if persist is not None:
+            self.store = Store(persist, fsync, store_io)
+            try:
+                self._restore(self.store)
+            except BaseException:
+                self.store.close()
+                raise
         self.listener, self.address, self._private_dir = listen(address)
         self.loop.add(self.listener.fileno(), READ, self._accept)
         self.started = time.time()
@@ -369,6 +386,13 @@ class Server:
 
     def live_objects(self) -> list[Shared]:
         return [o for o in (r() for r in list(self.objects.values())) if o is not None]
+
+    def _restore_ref(self, oid: int, typeid: str) -> Shared | None:
+        """A reference in the data files: the object, or None for one that was not kept."""
+        obj = self.get(oid)
+        if obj is None and not self._restoring:
+            raise ReferenceError(f"shared {typeid} #{oid} no longer exists")
+        return obj
 
     def lookup_ref(self, oid: int, typeid: str) -> Shared:
         obj = self.get(oid)
@@ -449,6 +473,9 @@ class Server:
                     return
             self.current, self.current_rid = conn, rid
             fn = type(obj).OPS.get(name)
+            store = self.store
+            if store is not None:
+                return self._handle_persisted(conn, rid, body, msg, obj, name, fn, store)
             if fn is None:
                 fn = obj.fallback(name)
                 result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
@@ -467,6 +494,147 @@ class Server:
         if rid:
             conn.out.append(HEADER.pack(len(out), rid) + out)
         self.calls += 1
+
+    def _handle_persisted(self, conn: Conn, rid: int, body: bytes, msg: list[Any], obj: Shared,
+                          name: str, fn: Any, store: Store) -> None:
+        """``handle`` when the server persists: a write goes to the journal, and its reply waits
+        for the journal's commit (so a failed commit answers with an error instead)."""
+        try:
+            writes = name in type(obj).WRITES
+            if writes and store.failed is not None:
+                raise RemoteError(f"the server could not persist ({store.failed}): it refuses "
+                                  f"writes until it is restarted")
+            start_oid, queued = self._next_oid, store.pending
+            args = msg[2]
+            if fn is None:
+                fn = obj.fallback(name)
+                result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
+            else:
+                result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
+            if writes and result is not PENDING and (type(obj) is not ServerOps
+                                                      or self._next_oid != start_oid):
+                store.append(self.journal_codec.encode([0, start_oid, body]))
+            if result is PENDING or not rid:
+                return
+            out = conn.codec.encode([0, result])
+        except Exception as e:
+            if not rid:
+                return
+            out = conn.encode_error(e)
+            queued = -1
+        frame = HEADER.pack(len(out), rid) + out
+        if queued >= 0 and store.pending > queued:
+            self.held.append((conn, rid, frame))
+        else:
+            conn.out.append(frame)
+        self.calls += 1
+
+    def commit(self) -> None:
+        """Write the journal's new records, then release the replies that waited for them (or
+        answer them with the error)."""
+        held, self.held = self.held, []
+        store = self.store
+        assert store is not None
+        try:
+            store.commit()
+        except StoreError as e:
+            log.error("%s", e)
+            for conn, rid, _ in held:
+                conn.reply_error(rid, RemoteError(f"not persisted: {e}"))
+            return
+        for conn, _, frame in held:
+            if not conn.closed:
+                conn.out.append(frame)
+                conn.mark_dirty()
+        if store.wants_compaction():
+            self.compact()
+
+    def journal_queue(self, queue: Shared, item: Any = None, put: bool = True) -> None:
+        """Record an item entering (``put``) or leaving a queue."""
+        if self.store is not None:
+            self.store.append(self.journal_codec.encode(
+                [1, queue.oid, item] if put else [2, queue.oid]))
+
+    # -- persistence: snapshot and restore -------------------------------------------------------
+
+    def reachable(self) -> list[Shared]:
+        """Every object reachable from the root, root first."""
+        seen: dict[int, Shared] = {self.root.oid: self.root}
+        todo = [self.root]
+        while todo:
+            obj = todo.pop()
+            for ref in refs_in(obj.state() if hasattr(obj, "state") else None):
+                if ref.oid not in seen:
+                    seen[ref.oid] = ref
+                    todo.append(ref)
+        return list(seen.values())
+
+    def compact(self) -> None:
+        store = self.store
+        assert store is not None
+        objs = [o for o in self.reachable() if hasattr(o, "state")]
+        encode = self.journal_codec.encode
+        header = encode(["shoal-snapshot", 1, store.gen + 1, self._next_oid])
+        records = (encode([o.oid, o.typeid, o.parent, o.state()]) for o in objs)
+        store.write_snapshot(header, records, encode(["end", len(objs)]))
+
+    def _restore(self, store: Store) -> None:
+        snapshot, journal = store.load()
+        decode = self.journal_codec.decode
+        keep: list[Shared] = [self.root]        # alive while the journal replays
+        self._restoring = True
+        try:
+            states = []
+            for body in snapshot:
+                oid, typeid, parent, state = Codec(from_opaque=Opaque).decode(body)
+                if oid == self.root.oid:
+                    obj: Shared = self.root
+                else:
+                    cls = NATIVE_TYPES.get(typeid) or SYNC_TYPES.get(typeid)
+                    if cls is None or not hasattr(cls, "restore"):
+                        continue
+                    obj = cls.__new__(cls)
+                    Shared.__init__(obj, self)
+                    self.objects.pop(obj.oid, None)
+                    obj.oid = oid
+                    self.objects[oid] = weakref.ref(
+                        obj, lambda _, oid=oid, objects=self.objects: objects.pop(oid, None))
+                obj.parent = parent
+                keep.append(obj)
+                states.append((obj, body))
+                self._next_oid = max(self._next_oid, oid + 1)
+            for obj, body in states:         # every object exists now: references resolve
+                obj.restore(decode(body)[3])  # type: ignore[attr-defined]
+            replayed = 0
+            for body in journal:
+                rec = decode(body)
+                kind = rec[0]
+                if kind == 0:
+                    self._next_oid = rec[1]
+                    try:
+                        msg = self.journal_codec.decode(rec[2])
+                        target = self.get(msg[0])
+                        if target is None:
+                            continue
+                        fn = type(target).OPS[msg[1]]
+                        result = fn(target, *msg[2], **(msg[3] if len(msg) > 3 else {}))
+                    except Exception:       # it failed the same way when it first ran
+                        continue
+                    if isinstance(result, Shared):
+                        keep.append(result)
+                else:
+                    q = self.get(rec[1])
+                    if q is not None:
+                        if kind == 1:
+                            q.items.append(rec[2])  # type: ignore[attr-defined]
+                        elif q.items:  # type: ignore[attr-defined]
+                            q.items.popleft()  # type: ignore[attr-defined]
+                replayed += 1
+            log.info("restored %d objects from the snapshot and %d journal records",
+                     len(states), replayed)
+        finally:
+            self._restoring = False
+            keep.clear()
 
     def custom_call(self, obj: SCustom, name: str) -> Callable[..., Any]:
         """Run a registered type's method in a worker thread and reply when it returns."""
@@ -550,6 +718,8 @@ class Server:
             hook(conn)
 
     def _flush_dirty(self) -> None:
+        if self.held:
+            self.commit()
         dirty = self.dirty
         if dirty:
             self.dirty = []
@@ -609,6 +779,10 @@ class Server:
             shutil.rmtree(self._private_dir, ignore_errors=True)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.store is not None:
+            if self.held:
+                self.commit()
+            self.store.close()
         self.loop.close()
 
     def _sample_rate(self) -> None:
@@ -678,13 +852,31 @@ def _identity(value: Any, parent: Any = None) -> Any:
     return value
 
 
+def _ref_of_shared(obj: Any) -> tuple[int, str] | None:
+    return (obj.oid, obj.typeid) if isinstance(obj, Shared) else None
+
+
+def refs_in(value: Any) -> Iterator[Shared]:
+    """The shared objects referred to inside a value (plain containers looked through)."""
+    t = type(value)
+    if isinstance(value, Shared):
+        yield value
+    elif t is dict:
+        for k, v in value.items():
+            yield from refs_in(k)
+            yield from refs_in(v)
+    elif t in (list, tuple, set, frozenset) or isinstance(value, deque):
+        for v in value:
+            yield from refs_in(v)
+
+
 class ServerOps(Shared):
     """Object 0: the server's own operations."""
 
     __slots__ = ()
     typeid = "server"
 
-    @op("create")
+    @op("create", write=True)
     def create(self, typeid: str, args: list[Any], kw: dict[str, Any]) -> Any:
         return self.server.create(typeid, args, kw)
 
@@ -729,53 +921,6 @@ class ServerOps(Shared):
         return self.server.nested
 
     @op("number_of_objects")
-    def _sample_rate(self) -> None:
-        now, calls = time.monotonic(), self.calls
-        then, before, _ = self._rate
-        self._rate = (now, calls, (calls - before) / max(now - then, 1e-9))
-        self.loop.call_later(1.0, self._sample_rate)
-
-    def inspect(self) -> dict[str, Any]:
-        """What ``shoal inspect`` shows: the server, its objects, clients, locks and queues
-        (the layout is documented in docs/inspect.md and stays stable)."""
-        now = time.time()
-        objects: dict[str, dict[str, int]] = {}
-        locks: list[dict[str, Any]] = []
-        queues: list[dict[str, Any]] = []
-        for obj in self.live_objects():
-            if obj is self.ops:
-                continue
-            kind = objects.setdefault(obj.typeid, {"count": 0, "size": 0})
-            kind["count"] += 1
-            kind["size"] += obj.size()
-            g = obj.guard
-            if g is not None and g.owner is not None:
-                locks.append({"id": obj.oid, "type": f"{obj.typeid}.locked()",
-                              "holder_pid": g.owner.pid, "held_for": round(now - g.since, 3),
-                              "waiting": len(g.queue)})
-            info = obj.inspect() if hasattr(obj, "inspect") else None
-            if info is None:
-                continue
-            info["id"] = obj.oid
-            info["type"] = obj.typeid
-            if "held_for" in info and info["held_for"] is not None:
-                info["held_for"] = round(now - info["held_for"], 3)
-            (queues if "items" in info else locks).append(info)
-        clients = [{"pid": c.pid, "host": c.host, "since": round(c.since, 3),
-                    "connected_for": round(now - c.since, 3), "holds": len(c.handles)}
-                   for c in self.conns if c.authed]
-        address = self.address if isinstance(self.address, str) else list(self.address)
-        return {
-            "server": {"pid": os.getpid(), "address": address, "nested": self.nested,
-                       "started": round(self.started, 3), "uptime": round(now - self.started, 3),
-                       "calls": self.calls, "ops_per_sec": round(self._rate[2], 1),
-                       "tls": self.tls is not None},
-            "objects": objects,
-            "clients": sorted(clients, key=lambda c: c["since"]),
-            "locks": sorted(locks, key=lambda x: x["id"]),
-            "queues": sorted(queues, key=lambda x: x["id"]),
-        }
-
     def number_of_objects(self) -> int:
         return self.server.number_of_objects()
 

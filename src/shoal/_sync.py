@@ -108,13 +108,20 @@ class SLock(SyncObject):
     typeid = "Lock"
     reentrant = False
 
-    def __init__(self, server: Server) -> None:
-        super().__init__(server)
+    def __init__(self, server: Server, _register: bool = True) -> None:
+        if _register:
+            super().__init__(server)
         self.owner: tuple[Conn, int] | None = None
         self.count = 0
         self.waiters: deque[Waiter] = deque()   # data: (count, reply, is it an acquire)
         self.died = False
         self.since = 0.0
+
+    def state(self) -> Any:
+        return []
+
+    def restore(self, state: Any) -> None:
+        SLock.__init__(self, self.server, _register=False)
 
     def describe(self) -> str:
         held = ("free" if self.owner is None else "held by a process that ended"
@@ -245,6 +252,14 @@ class SSemaphore(SyncObject):
     def describe(self) -> str:
         return f"{self.typeid} #{self.oid} (value {self.value}, {len(self.waiters)} waiting)"
 
+    def state(self) -> Any:
+        return [self.initial]
+
+    def restore(self, state: Any) -> None:
+        self.value = self.initial = state[0]
+        self.waiters = deque()
+        self.holders = {}
+
     def _take(self, conn: Conn) -> None:
         self.value -= 1
         self.holders[conn] = self.holders.get(conn, 0) + 1
@@ -333,6 +348,13 @@ class SCondition(SyncObject):
     def describe(self) -> str:
         return f"Condition #{self.oid} ({len(self.waiters)} waiting)"
 
+    def state(self) -> Any:
+        return [self.lock]
+
+    def restore(self, state: Any) -> None:
+        self.lock = state[0] if isinstance(state[0], SLock) else SRLock(self.server)
+        self.waiters = deque()
+
     def inspect(self) -> dict[str, Any]:
         info = self.lock.inspect()
         info["waiting_notify"] = len(self.waiters)
@@ -386,6 +408,13 @@ class SEvent(SyncObject):
         self.flag = False
         self.waiters: deque[Waiter] = deque()
 
+    def state(self) -> Any:
+        return [self.flag]
+
+    def restore(self, state: Any) -> None:
+        self.flag = bool(state[0])
+        self.waiters = deque()
+
     @op("is_set")
     def is_set(self) -> bool:
         return self.flag
@@ -433,6 +462,15 @@ class SBarrier(SyncObject):
 
     def describe(self) -> str:
         return f"Barrier #{self.oid} ({len(self.waiters)}/{self.parties} waiting)"
+
+    def state(self) -> Any:
+        return [self.parties, self.action, self.default_timeout]
+
+    def restore(self, state: Any) -> None:
+        self.parties, self.action, self.default_timeout = state
+        self.waiters = deque()
+        self.broken = False
+        self.running_action = None
 
     @op("wait")
     def wait(self, timeout: Any = None, tid: int = 0) -> Any:
@@ -526,6 +564,15 @@ class SQueue(SyncObject):
     def size(self) -> int:
         return len(self.items)
 
+    def state(self) -> Any:
+        return [self.maxsize, list(self.items)]
+
+    def restore(self, state: Any) -> None:
+        self.maxsize, items = state
+        self.items = deque(items)
+        self.getters, self.putters, self.joiners = deque(), deque(), deque()
+        self.unfinished = len(self.items) if self.joinable else 0
+
     def describe(self) -> str:
         return (f"{self.typeid} #{self.oid} ({len(self.items)} items, {len(self.getters)} getters "
                 f"waiting, {len(self.putters)} putters waiting)")
@@ -540,6 +587,7 @@ class SQueue(SyncObject):
             self.getters.popleft().answer(item)
         else:
             self.items.append(item)
+            self.server.journal_queue(self, item)
 
     @op("put")
     def put(self, item: Any, block: bool = True, timeout: Any = None, tid: int = 0) -> Any:
@@ -559,6 +607,7 @@ class SQueue(SyncObject):
     def get(self, block: bool = True, timeout: Any = None, tid: int = 0) -> Any:
         if self.items:
             item = self.items.popleft()
+            self.server.journal_queue(self, put=False)
             if self.putters and not self._full():
                 w = self.putters.popleft()
                 self._deliver(w.data)

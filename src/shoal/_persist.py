@@ -1,0 +1,295 @@
+"""Durable state: a snapshot of everything reachable from the root, and a journal of the writes
+made since, in one directory (the design of Redis' append-only file, with its rewrite).
+
+Files in the directory::
+
+    LOCK              held (flock) by the live server; a second server is refused
+    snapshot          every object reachable from the root, as of the start of journal.<gen>
+    journal.<gen>     the writes since that snapshot, in the order they ran
+
+Both files are sequences of records, each framed as::
+
+    offset  size  field
+    0       4     body length N, unsigned big-endian
+    4       4     CRC-32 of the body
+    8       N     body: one msgpack value (shoal's codec; opaque values stay opaque bytes)
+
+The snapshot's records: ``["shoal-snapshot", 1, gen, next id]``, then ``[id, typeid, parent id,
+state]`` for each object, then ``["end", count]``. The journal's: ``["shoal-journal", 1, gen]``,
+then ``[0, next id, request]`` (a request as it came from a client, replayed as it ran) and
+``[1, queue id, item]`` / ``[2, queue id]`` (an item put into / taken out of a queue).
+
+On start the snapshot is loaded and the journal replayed. A journal whose last record is cut
+short (a crash in the middle of a write) is truncated to its last whole record; any other damage
+stops the start with an error naming the file and the offset, and nothing is overwritten. When
+the journal has grown past twice the snapshot (and a floor), a new snapshot is written beside
+(``snapshot.tmp``, fsynced, renamed) and a new journal begun, so a restart reads the live data,
+not its history.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from ._errors import ShoalError
+
+__all__ = ["Store", "StoreError", "StoreLocked", "CorruptStore", "FileIO"]
+
+log = logging.getLogger("shoal.server")
+FRAME = struct.Struct("!II")
+FSYNC_POLICIES = ("always", "everysec", "no")
+COMPACT_FLOOR = 16 * 1024 * 1024
+
+
+class StoreError(ShoalError):
+    """The persistence directory cannot be used, or writing to it failed."""
+
+
+class StoreLocked(StoreError):
+    """Another live server uses the directory."""
+
+
+class CorruptStore(StoreError):
+    """A data file is damaged somewhere other than its very end."""
+
+
+class FileIO:
+    """The storage layer's system calls, in one place so tests can make them fail."""
+
+    def write(self, fd: int, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+
+def frame(body: bytes) -> bytes:
+    return FRAME.pack(len(body), zlib.crc32(body)) + body
+
+
+def read_records(path: str, tolerate_torn_tail: bool) -> tuple[list[bytes], int]:
+    """The bodies of a file's records, and the offset just past the last whole one."""
+    with open(path, "rb") as f:
+        data = f.read()
+    bodies = []
+    pos, n = 0, len(data)
+    while pos < n:
+        if n - pos < FRAME.size:
+            break                                    # a header cut short
+        length, crc = FRAME.unpack_from(data, pos)
+        end = pos + FRAME.size + length
+        if end > n:
+            break                                    # a body cut short
+        body = data[pos + FRAME.size:end]
+        if zlib.crc32(body) != crc:
+            if end == n and tolerate_torn_tail:
+                break                                # the last write was torn
+            raise CorruptStore(f"{path}: record at offset {pos} is damaged (checksum mismatch);"
+                               f" the server will not start on it, and has changed nothing")
+        bodies.append(body)
+        pos = end
+    if pos < n and not tolerate_torn_tail:
+        raise CorruptStore(f"{path}: cut short at offset {pos}; the server will not start on "
+                           f"it, and has changed nothing")
+    return bodies, pos
+
+
+class Store:
+    """One server's persistence directory: load what is there, append, sync, compact."""
+
+    def __init__(self, directory: str, fsync: str = "everysec", io: FileIO | None = None) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
+        self.dir = os.path.abspath(directory)
+        self.fsync = fsync
+        self.io = io or FileIO()
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip()
+            os.close(self._lock_fd)
+            raise StoreLocked(f"{self.dir} is in use by another shoal server (pid {other or '?'}"
+                              f"); stop it first, or use another directory") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self.gen = 0
+        self._fd = -1
+        self._buffer: list[bytes] = []
+        self.journal_size = 0
+        self.snapshot_size = 0
+        self._unsynced = False
+        self._sync_lock = threading.Lock()
+        self.failed: BaseException | None = None
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self) -> tuple[list[bytes], list[bytes]]:
+        """The snapshot's records and the journal's, as bodies (header records left out)."""
+        from ._codec import Codec
+        head = Codec().decode
+        snapshot = os.path.join(self.dir, "snapshot")
+        snap: list[bytes] = []
+        if os.path.exists(snapshot):
+            bodies, _ = read_records(snapshot, tolerate_torn_tail=False)
+            if not bodies or head(bodies[0])[:2] != ["shoal-snapshot", 1]:
+                raise CorruptStore(f"{snapshot}: not a shoal snapshot (offset 0)")
+            if head(bodies[-1])[0] != "end":
+                raise CorruptStore(f"{snapshot}: its end record is missing")
+            self.gen = head(bodies[0])[2]
+            self.snapshot_size = os.path.getsize(snapshot)
+            snap = bodies[1:-1]
+        journal = self._journal_path(self.gen)
+        records: list[bytes] = []
+        if os.path.exists(journal):
+            bodies, good = read_records(journal, tolerate_torn_tail=True)
+            size = os.path.getsize(journal)
+            if bodies and head(bodies[0])[:2] != ["shoal-journal", 1]:
+                raise CorruptStore(f"{journal}: not a shoal journal (offset 0)")
+            if good < size:
+                log.warning("%s: the last record was cut short (a crash while writing); "
+                            "keeping the %d whole records before offset %d", journal,
+                            max(len(bodies) - 1, 0), good)
+                with open(journal, "r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+            records = bodies[1:]
+        self._open_journal(self.gen)
+        return snap, records
+
+    def _journal_path(self, gen: int) -> str:
+        return os.path.join(self.dir, f"journal.{gen}")
+
+    def _open_journal(self, gen: int) -> None:
+        from ._codec import Codec
+        path = self._journal_path(gen)
+        fresh = not os.path.exists(path) or os.path.getsize(path) == 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if fresh:
+            header = frame(Codec().encode(["shoal-journal", 1, gen]))
+            os.write(fd, header)
+            os.fsync(fd)
+            self._fsync_dir()
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        self.gen = gen
+        self.journal_size = os.path.getsize(path)
+        if self.fsync == "everysec" and self._syncer is None:
+            self._syncer = threading.Thread(target=self._sync_every_second, daemon=True,
+                                            name="shoal-fsync")
+            self._syncer.start()
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(self, body: bytes) -> None:
+        """Queue a record; ``commit`` writes the queue."""
+        self._buffer.append(frame(body))
+
+    @property
+    def pending(self) -> int:
+        """How many records wait for ``commit``."""
+        return len(self._buffer)
+
+    def commit(self) -> None:
+        """Write the queued records (and, with fsync="always", wait until they are on disk).
+        Raises StoreError; after a failure every later commit fails too."""
+        if self.failed is not None:
+            raise StoreError(f"persistence failed earlier ({self.failed}); writes are refused "
+                             f"until the server restarts")
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        try:
+            view = memoryview(data)
+            while view:
+                n = self.io.write(self._fd, view)   # type: ignore[arg-type]
+                view = view[n:]
+            self.journal_size += len(data)
+            if self.fsync == "always":
+                self.io.fsync(self._fd)
+            else:
+                self._unsynced = True
+        except OSError as e:
+            self.failed = e
+            raise StoreError(f"could not write the journal in {self.dir}: {e}") from e
+
+    def _sync_every_second(self) -> None:
+        while not self._stop.wait(1.0):
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync what was written (the everysec thread; also at a clean stop)."""
+        with self._sync_lock:
+            if not self._unsynced or self._fd < 0 or self.failed is not None:
+                return
+            self._unsynced = False
+            try:
+                self.io.fsync(self._fd)
+            except OSError as e:
+                self.failed = e
+                log.error("could not fsync the journal in %s: %s; writes are refused from now "
+                          "on", self.dir, e)
+
+    # -- compaction --------------------------------------------------------------------------
+
+    def wants_compaction(self) -> bool:
+        return self.journal_size > max(COMPACT_FLOOR, 2 * self.snapshot_size)
+
+    def write_snapshot(self, header: bytes, records: Iterator[bytes], end: bytes) -> None:
+        """Write a new snapshot and begin a new journal (see the module's docstring)."""
+        if self.failed is not None:
+            return
+        tmp = os.path.join(self.dir, "snapshot.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(frame(header))
+                for body in records:
+                    f.write(frame(body))
+                f.write(frame(end))
+                f.flush()
+                os.fsync(f.fileno())
+            old = self.gen
+            os.replace(tmp, os.path.join(self.dir, "snapshot"))
+            self._fsync_dir()
+        except OSError as e:
+            log.error("could not write a snapshot in %s: %s (the journal goes on)", self.dir, e)
+            return
+        self.snapshot_size = os.path.getsize(os.path.join(self.dir, "snapshot"))
+        self._open_journal(old + 1)
+        try:
+            os.unlink(self._journal_path(old))
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            if self._buffer and self.failed is None:
+                self.commit()
+            if self._fd >= 0 and self.failed is None:
+                os.fsync(self._fd)
+        except (OSError, StoreError):
+            pass
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        os.close(self._lock_fd)
