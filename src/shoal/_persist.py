@@ -15,7 +15,7 @@ Both files are sequences of records, each framed as::
     8       N     body: one msgpack value (shoal's codec; opaque values stay opaque bytes)
 
 The snapshot's records: ``["shoal-snapshot", 1, gen, next id]``, then ``[id, typeid, parent id,
-state]`` for each object, then ``["end", count]``. The journal's: ``["shoal-journal", 1, gen]``,
+state]`` for each object (the state as msgpack bytes of its own), then ``["end", count]``. The journal's: ``["shoal-journal", 1, gen]``,
 then ``[0, next id, request]`` (a request as it came from a client, replayed as it ran) and
 ``[1, queue id, item]`` / ``[2, queue id]`` (an item put into / taken out of a queue).
 

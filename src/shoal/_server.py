@@ -575,7 +575,9 @@ class Server:
         objs = [o for o in self.reachable() if hasattr(o, "state")]
         encode = self.journal_codec.encode
         header = encode(["shoal-snapshot", 1, store.gen + 1, self._next_oid])
-        records = (encode([o.oid, o.typeid, o.parent, o.state()]) for o in objs)
+        # The state is encoded on its own, so that loading can make every object before it
+        # decodes any state (whose references then resolve).
+        records = (encode([o.oid, o.typeid, o.parent, encode(o.state())]) for o in objs)
         store.write_snapshot(header, records, encode(["end", len(objs)]))
 
     def _restore(self, store: Store) -> None:
@@ -585,8 +587,9 @@ class Server:
         self._restoring = True
         try:
             states = []
+            plain = Codec().decode
             for body in snapshot:
-                oid, typeid, parent, state = Codec(from_opaque=Opaque).decode(body)
+                oid, typeid, parent, state = plain(body)
                 if oid == self.root.oid:
                     obj: Shared = self.root
                 else:
@@ -601,10 +604,10 @@ class Server:
                         obj, lambda _, oid=oid, objects=self.objects: objects.pop(oid, None))
                 obj.parent = parent
                 keep.append(obj)
-                states.append((obj, body))
+                states.append((obj, state))
                 self._next_oid = max(self._next_oid, oid + 1)
-            for obj, body in states:         # every object exists now: references resolve
-                obj.restore(decode(body)[3])  # type: ignore[attr-defined]
+            for obj, state in states:        # every object exists now: references resolve
+                obj.restore(decode(state))  # type: ignore[attr-defined]
             replayed = 0
             for body in journal:
                 rec = decode(body)
