@@ -122,6 +122,34 @@ def _add_inspect(sub: _Subparsers) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
+# -- bench -------------------------------------------------------------------------------------
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ._bench import run
+    return run(quick=args.quick, png=args.png, as_json=args.json, redis_url=args.redis)
+
+
+def _add_bench(sub: _Subparsers) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time shoal beside multiprocessing.Manager, print a table and draw a plot",
+        description=(
+            "Time single operations (dict set/get, a counter, list append, Lock, Queue) on\n"
+            "multiprocessing.Manager and on shoal (and on Redis with --redis URL) in one run,\n"
+            "in interleaved rounds, and print the medians with the ratio to Manager. --png\n"
+            "draws a bar chart (needs matplotlib: pip install 'shoal[plot]'). The fuller\n"
+            "suite is in benchmarks/ (see benchmarks/README.md)."
+        ),
+        epilog="example:\n  python -m shoal bench --quick --png docs/bench.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="fewer rounds: well under a minute")
+    p.add_argument("--png", metavar="FILE", help="write a bar chart of the medians")
+    p.add_argument("--json", metavar="FILE", help="write the medians as JSON")
+    p.add_argument("--redis", metavar="URL", help="also time shoal on Redis at URL")
+    p.set_defaults(func=_cmd_bench)
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_serve(sub)
     _add_inspect(sub)
+    _add_bench(sub)
     return parser
 
 
