@@ -34,6 +34,7 @@ __all__ = ["Codec", "Opaque", "TUPLE", "SET", "FROZENSET", "BIGINT", "OPAQUE", "
 TUPLE, SET, FROZENSET, BIGINT, OPAQUE, REF, SLICE = 1, 2, 3, 4, 5, 6, 7
 
 ExtType = msgpack.ExtType
+MAX_EXT_DEPTH = 100
 
 
 class Opaque:
@@ -88,6 +89,7 @@ class Codec:
         self._pickle_unknown = pickle_unknown
         self._tuples_as_lists = tuples_as_lists
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
+        self._depth = 0
 
     def encode(self, obj: Any) -> bytes:
         """Encode one value. Not thread-safe: the caller serialises use of one Codec."""
@@ -138,6 +140,17 @@ class Codec:
         )
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
+        # Extension values nest through this hook (and msgpack's C code): bound the depth so a
+        # hostile value cannot exhaust the C stack.
+        self._depth += 1
+        try:
+            if self._depth > MAX_EXT_DEPTH:
+                raise ValueError(f"value nested deeper than {MAX_EXT_DEPTH} tuples/sets")
+            return self._ext_value(code, data)
+        finally:
+            self._depth -= 1
+
+    def _ext_value(self, code: int, data: bytes) -> Any:
         if code == TUPLE:
             return tuple(self.decode(data))
         if code == SET:

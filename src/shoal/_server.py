@@ -90,7 +90,6 @@ class Conn:
         self.pid: int | None = None
         self.host = ""
         self.since = time.time()
-        self.codec = Codec(ref_of=self._ref_of, make_ref=server.lookup_ref, from_opaque=Opaque)
         self.hello, self.nonce = P.server_hello()
         # The handshake timer covers TLS and authentication: a peer that does not finish both
         # in time is closed, having been told nothing.
@@ -131,6 +130,12 @@ class Conn:
 
     def __repr__(self) -> str:
         return f"<connection fd={self.fd} pid={self.pid}>"
+
+    def encode(self, value: Any) -> bytes:
+        """Encode a reply to this client: the references in it count as held by it."""
+        server = self.server
+        server.encoding_for = self
+        return server.codec.encode(value)
 
     def _ref_of(self, obj: Any) -> tuple[int, str] | None:
         if not isinstance(obj, Shared):
@@ -238,7 +243,7 @@ class Conn:
         if self.closed or not rid:
             return
         try:
-            body = self.codec.encode([P.REPLY_OK, value])
+            body = self.encode([P.REPLY_OK, value])
         except Exception as e:
             body = self.encode_error(e)
         self.out.append(HEADER.pack(len(body), rid) + body)
@@ -252,18 +257,23 @@ class Conn:
         self.mark_dirty()
 
     def encode_error(self, e: BaseException, custom: bool = False) -> bytes:
-        encode = self.codec.encode
+        encode = self.encode
         if custom:
             try:
                 return encode([P.REPLY_PICKLED_ERROR, pickle.dumps(e)])
             except Exception:
                 pass
         name = _builtin_exception(e) or "RemoteError"
-        message = f"{type(e).__name__}: {e}"
         try:
-            return encode([P.REPLY_ERROR, [name, list(e.args), message]])
-        except Exception:
-            return encode([P.REPLY_ERROR, [name, [str(e)], message]])
+            message = f"{type(e).__name__}: {e}"
+        except Exception:        # an error whose text cannot be made (a 5,000-digit key ...)
+            message = f"{type(e).__name__} (its message could not be formatted)"
+        for args in (list(e.args), [message]):
+            try:
+                return encode([P.REPLY_ERROR, [name, args, message]])
+            except Exception:
+                continue
+        return encode([P.REPLY_ERROR, ["RemoteError", [], type(e).__name__]])
 
     def flush(self) -> None:
         parts: list[Any] = self.out
@@ -351,6 +361,11 @@ class Server:
         self.ops = ServerOps(self)            # object id 0
         self.root = SDict(self)               # object id 1
         self.held: list[tuple[Conn, int, bytes]] = []   # replies waiting for a journal commit
+        # One codec for every connection (one thread uses it); ``encoding_for`` names the
+        # connection whose reply is being encoded, which then holds the objects it is sent.
+        self.encoding_for: Conn | None = None
+        self.codec = Codec(ref_of=lambda obj: self.encoding_for._ref_of(obj),  # type: ignore[union-attr]
+                           make_ref=self.lookup_ref, from_opaque=Opaque)
         self.journal_codec = Codec(ref_of=_ref_of_shared, make_ref=self._restore_ref,
                                    from_opaque=Opaque, pickle_unknown=False)
         self._restoring = False
@@ -454,7 +469,9 @@ class Server:
     def handle(self, conn: Conn, rid: int, body: bytes) -> None:
         """Run one request. Its reply goes to ``conn.out``; the caller writes it."""
         try:
-            msg = conn.codec.decode(body)
+            msg = self.codec.decode(body)
+            if type(msg) is not list or not 3 <= len(msg) <= 4:
+                raise TypeError("malformed request: not [object id, method, args(, kwargs)]")
             oid, name, args = msg[0], msg[1], msg[2]
             if type(args) is not list or type(name) is not str:
                 raise TypeError("malformed request")
@@ -486,7 +503,7 @@ class Server:
             elif result is PENDING or not rid:
                 return
             else:
-                out = conn.codec.encode([0, result])
+                out = conn.encode([0, result])
         except Exception as e:
             if not rid:
                 return
@@ -516,7 +533,7 @@ class Server:
                 store.append(self.journal_codec.encode([0, start_oid, body]))
             if result is PENDING or not rid:
                 return
-            out = conn.codec.encode([0, result])
+            out = conn.encode([0, result])
         except Exception as e:
             if not rid:
                 return
