@@ -201,6 +201,9 @@ class Connection:
             msg.append(kwargs)
         with self._send_lock:
             body = self._codec.encode(msg)
+            if len(body) > P.MAX_FRAME:
+                raise ValueError(f"this call's arguments encode to {len(body)} bytes, over the "
+                                 f"limit of {P.MAX_FRAME} bytes per call; split the value")
             frame = HEADER.pack(len(body), rid) + body
             if self._notes or self._dead:
                 frame = self._collect_notes() + frame

@@ -503,7 +503,7 @@ class SValue(Shared):
     def restore(self, state: Any) -> None:
         self.typecode, self.value = state
 
-    @op("get")
+    @op("get", "_getvalue")
     def get(self) -> Any:
         return self.value
 

@@ -265,7 +265,8 @@ class Conn:
                 pass
         name = _builtin_exception(e) or "RemoteError"
         try:
-            message = f"{type(e).__name__}: {e}"
+            message = str(e) if name == "RemoteError" and isinstance(e, RemoteError) \
+                else f"{type(e).__name__}: {e}"
         except Exception:        # an error whose text cannot be made (a 5,000-digit key ...)
             message = f"{type(e).__name__} (its message could not be formatted)"
         for args in (list(e.args), [message]):

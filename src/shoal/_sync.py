@@ -224,7 +224,9 @@ class SLock(SyncObject):
             if clean and not self.reentrant:
                 self.owner = (None, 0)  # type: ignore[assignment]  # held; anyone may release
             else:
-                self.died = True
+                # An RLock cannot be handed on (only its owner may release it), so it is freed;
+                # only a holder that died leaves the flag for the next owner.
+                self.died = not clean
                 self._pass_on()
 
 

@@ -43,7 +43,7 @@ from .._errors import WIRE_EXCEPTIONS, ConnectionLost, RemoteError, ShoalError
 from ._codec import RedisCodec, ref_bytes
 from ._scripts import BLOCKED, ERROR, FALLBACK, GONE, LUA, OK
 
-__all__ = ["Backend", "LeaseExpired", "Spec", "get_backend", "parse_url", "Plan"]
+__all__ = ["Backend", "LeaseExpired", "Plan", "Spec", "get_backend", "parse_url"]
 
 log = logging.getLogger("shoal.redis")
 
@@ -103,7 +103,7 @@ class Plan:
     references to existing objects (counted once more). Sent to the script as one msgpack
     string: ``[[existing keys], [key, type, parent, items], ...]``."""
 
-    __slots__ = ("refs", "objects")
+    __slots__ = ("objects", "refs")
 
     def __init__(self) -> None:
         self.refs: list[str] = []

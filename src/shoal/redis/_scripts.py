@@ -32,7 +32,7 @@ container is deleted, with everything it holds, when the last container slot let
 
 from __future__ import annotations
 
-__all__ = ["LUA", "OK", "BLOCKED", "ERROR", "FALLBACK", "GONE"]
+__all__ = ["BLOCKED", "ERROR", "FALLBACK", "GONE", "LUA", "OK"]
 
 OK, BLOCKED, ERROR, FALLBACK, GONE = 0, 1, 2, 3, 4
 
