@@ -1,0 +1,698 @@
+"""One behavioural suite, run on every backend: the local shoal server and Redis.
+
+Each test gets ``sm`` (a started manager of one backend) and checks what a user relies on:
+the dict and list protocols, nested writes landing, values keeping their types, the root shared
+between connections, atomic ``incr``/``cas`` across processes, ``locked()``, the synchronization
+primitives with their timeouts, and a killed holder's lock coming free again (at once on the
+local server, within the lease on Redis).
+
+The Redis backend runs against a real ``redis-server`` started by ``tests/redis_server.py``
+(never a fake; the run fails, not skips, without one), in a namespace of its own.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import shoal
+
+from .redis_server import redis_url  # noqa: F401  (the fixture)
+
+LEASE = 2.0          # s: the Redis manager's lease in these tests (the default is 10)
+LATE = 0.15          # s: how late a timeout or a wake-up may be (a loaded 2-core machine)
+FORK = multiprocessing.get_context("fork")
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@dataclass
+class Backend:
+    name: str
+    m: Any                                  # the manager
+    again: Callable[[], Any]                # another manager/connection on the same data
+    dead_free: float                        # s: a killed holder's lock is free within this
+
+
+@pytest.fixture(scope="module", params=["local", "redis"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "local":
+        with shoal.Manager() as m:
+            yield Backend("local", m, lambda: shoal.connect(m.address), 1.0)
+        return
+    from shoal.redis import connect
+    url = request.getfixturevalue("redis_url")
+    namespace = f"test-{secrets.token_hex(4)}"
+    m = connect(url, namespace=namespace, lease=LEASE)
+    try:
+        yield Backend("redis", m, lambda: connect(url, namespace=namespace, lease=LEASE),
+                      LEASE + 1.0)
+    finally:
+        m.purge()
+        m.shutdown()
+
+
+@pytest.fixture
+def sm(backend: Backend) -> Any:
+    return backend.m
+
+
+# -- helpers and child-process workers (module level, so spawn can import them) ---------------
+
+def start(target: Callable[..., Any], *args: Any, ctx: Any = FORK) -> Any:
+    p = ctx.Process(target=target, args=args, daemon=True)
+    p.start()
+    return p
+
+
+def join_all(procs: list[Any], timeout: float = 30) -> None:
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0, f"child exit code {p.exitcode}"
+
+
+def kill(p: Any) -> float:
+    t = time.monotonic()
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(5)
+    assert p.exitcode == -signal.SIGKILL
+    return t
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kw: Any) -> tuple[Any, float]:
+    t = time.monotonic()
+    out = fn(*args, **kw)
+    return out, time.monotonic() - t
+
+
+def assert_honoured(elapsed: float, timeout: float) -> None:
+    assert timeout - 0.005 <= elapsed <= timeout + LATE, (elapsed, timeout)
+
+
+def in_thread(fn: Callable[..., Any], *args: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
+    t.start()
+    return t, out
+
+
+def _nested_writes(d: Any, first: int, n: int) -> None:
+    for i in range(first, first + n):
+        d["test"][i] = i
+
+
+def _incr_many(d: Any, n: int) -> None:
+    for _ in range(n):
+        d.incr("n")
+
+
+def _cas_many(d: Any, n: int) -> None:
+    for _ in range(n):
+        while True:
+            old = d.get("n")
+            if d.cas("n", old, (old or 0) + 1):
+                break
+
+
+def _locked_many(d: Any, n: int) -> None:
+    for _ in range(n):
+        with d.locked():
+            d["n"] = d.get("n", 0) + 1
+
+
+def _producer(q: Any, first: int, n: int) -> None:
+    for i in range(first, first + n):
+        q.put(i)
+
+
+def _consumer(q: Any, out: Any, n: int) -> None:
+    got = [q.get(timeout=20) for _ in range(n)]
+    out.extend(got)
+
+
+def _hold(obj: Any, ready: Any) -> None:
+    obj.acquire()
+    ready.set()
+    time.sleep(600)
+
+
+def _hold_locked(d: Any, ready: Any, seconds: float) -> None:
+    with d.locked():
+        ready.set()
+        time.sleep(seconds)
+        d["by_child"] = True
+
+
+def _set_event_later(e: Any, delay: float) -> None:
+    time.sleep(delay)
+    e.set()
+
+
+def _notify_when_set(c: Any, d: Any) -> None:
+    time.sleep(0.2)
+    with c:
+        d["go"] = True
+        c.notify_all()
+
+
+def _barrier_party(b: Any, out: Any) -> None:
+    try:
+        out.append(("index", b.wait(10)))
+    except threading.BrokenBarrierError:
+        out.append(("broken", None))
+
+
+def _roundtrip(d: Any, l: Any, q: Any, lk: Any) -> None:
+    with lk:
+        d["child"] = {"pid": os.getpid(), "seen": d["parent"]}
+        d["child"]["more"] = [1]
+        l.append(d["child"]["seen"])
+    q.put("done")
+
+
+class Opaque:
+    """A user class: travels pickled, comes back equal."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opaque) and other.x == self.x
+
+
+# -- containers ------------------------------------------------------------------------------
+
+@pytest.mark.timeout(20)
+def test_dict_protocol(sm: Any) -> None:
+    d = sm.dict({"a": 1}, b=2)
+    assert d["a"] == 1 and d.get("b") == 2 and d.get("zz") is None and d.get("zz", 5) == 5
+    with pytest.raises(KeyError):
+        d["zz"]
+    with pytest.raises(KeyError):
+        del d["zz"]
+    d["c"] = 3
+    assert len(d) == 3 and "c" in d and "zz" not in d
+    assert sorted(d.keys()) == ["a", "b", "c"] and sorted(d) == ["a", "b", "c"]
+    assert sorted(d.values()) == [1, 2, 3]
+    assert sorted(d.items()) == [("a", 1), ("b", 2), ("c", 3)]
+    assert d.pop("c") == 3 and d.pop("c", "gone") == "gone"
+    with pytest.raises(KeyError):
+        d.pop("c")
+    assert d.setdefault("e", 5) == 5 and d.setdefault("e", 6) == 5
+    d.update({"f": 6}, g=7)
+    d.update([("h", 8)])
+    assert d == {"a": 1, "b": 2, "e": 5, "f": 6, "g": 7, "h": 8}
+    assert d.get_many(["a", "zz", "h"], 0) == [1, 0, 8]
+    k, v = d.popitem()
+    assert k not in d and v in (1, 2, 5, 6, 7, 8)
+    d[(1, 2)] = "tuple key"
+    d[3] = "int key"
+    d[frozenset({"x", "y"})] = "frozenset key"
+    assert d[(1, 2)] == "tuple key" and d[3] == "int key"
+    assert d[frozenset({"y", "x"})] == "frozenset key"
+    del d[3]
+    assert 3 not in d
+    copy = d.copy()
+    assert type(copy) is dict and copy == d
+    d.clear()
+    assert len(d) == 0 and d == {}
+    with pytest.raises(KeyError):
+        d.popitem()
+
+
+@pytest.mark.timeout(20)
+def test_list_protocol(sm: Any) -> None:
+    l = sm.list([3, 1, 2])
+    assert len(l) == 3 and l[0] == 3 and l[-1] == 2 and l[1:] == [1, 2] and l[::-1] == [2, 1, 3]
+    with pytest.raises(IndexError):
+        l[3]
+    with pytest.raises(IndexError):
+        l[-4] = 0
+    l.append(4)
+    l.extend([5, 6])
+    l += [7]
+    l.insert(0, 0)
+    l.insert(100, 8)
+    assert list(l) == [0, 3, 1, 2, 4, 5, 6, 7, 8]
+    assert l.pop() == 8 and l.pop(0) == 0 and l.pop(1) == 1
+    assert list(l) == [3, 2, 4, 5, 6, 7]
+    l.remove(4)
+    with pytest.raises(ValueError):
+        l.remove(42)
+    assert l.index(5) == 2 and l.count(5) == 1 and 5 in l and 42 not in l and 5.0 in l
+    with pytest.raises(ValueError):
+        l.index(42)
+    l[0] = 30
+    l[1:3] = ["a", "b", "c"]
+    assert list(l) == [30, "a", "b", "c", 6, 7]
+    del l[1:4]
+    del l[0]
+    assert list(l) == [6, 7]
+    l.extend([1, 9, 5])
+    l.sort()
+    assert list(l) == [1, 5, 6, 7, 9]
+    l.sort(key=lambda x: -x)
+    assert list(l) == [9, 7, 6, 5, 1]
+    l.reverse()
+    assert l == [1, 5, 6, 7, 9]
+    l *= 2
+    assert len(l) == 10 and l[5:] == [1, 5, 6, 7, 9]
+    assert l + [0] == [1, 5, 6, 7, 9] * 2 + [0]
+    l.clear()
+    assert len(l) == 0
+    with pytest.raises(IndexError):
+        l.pop()
+
+
+@pytest.mark.timeout(20)
+def test_values_keep_their_types(sm: Any) -> None:
+    values = [None, True, False, 0, -1, 2**70, -(2**70), 1.5, float("inf"), "text", "",
+              b"\x00bytes", (1, "two", (3.0,)), {1, 2}, frozenset({"a"}), Opaque(7),
+              [1, [2, [3]]], {"k": {"n": (1, 2)}}]
+    d = sm.dict()
+    l = sm.list()
+    for i, v in enumerate(values):
+        d[i] = v
+        l.append(v)
+    for i, v in enumerate(values):
+        for got in (d[i], l[i]):
+            assert got == v
+            if not isinstance(v, (list, dict)):
+                assert type(got) is type(v)
+    assert shoal.unwrap(d[16]) == [1, [2, [3]]] and type(shoal.unwrap(d[16])) is list
+    assert type(l.copy()[17]) is dict
+
+
+@pytest.mark.timeout(20)
+def test_nested_writes_land(sm: Any) -> None:
+    d = sm.dict()
+    d["test"] = {}
+    for i in range(5):
+        d["test"][i] = i                     # lands in the nested dict
+    assert d["test"] == {i: i for i in range(5)}
+    assert isinstance(d["test"], shoal.DictProxy)
+    row = d["test"]                          # the Manager idiom keeps working
+    row[10] = 10
+    d["test"] = row
+    assert d["test"][10] == 10 and len(d["test"]) == 6
+    d["rows"] = [[], {"deep": [0]}]
+    d["rows"][0].append(1)
+    d["rows"][1]["deep"][0] += 5
+    assert d["rows"] == [[1], {"deep": [5]}]
+    inner = sm.dict(x=1)
+    d["ref"] = inner                         # a proxy stored: a reference, not a copy
+    inner["y"] = 2
+    assert d["ref"] == {"x": 1, "y": 2}
+    plain = shoal.unwrap(d)
+    assert plain["rows"] == [[1], {"deep": [5]}] and type(plain["rows"][1]) is dict
+
+
+@pytest.mark.timeout(60)
+def test_nested_writes_from_four_processes(sm: Any) -> None:
+    d = sm.dict()
+    d["test"] = {}
+    procs = [start(_nested_writes, d, 100 * k, 100) for k in range(4)]
+    join_all(procs, 50)
+    assert d["test"] == {i: i for i in range(400)}
+
+
+@pytest.mark.timeout(20)
+def test_namespace_and_value(sm: Any) -> None:
+    ns = sm.Namespace(x=1)
+    ns.y = [1]
+    ns.y.append(2)
+    assert ns.x == 1 and ns.y == [1, 2]
+    with pytest.raises(AttributeError):
+        ns.missing
+    del ns.x
+    with pytest.raises(AttributeError):
+        ns.x
+    assert "y=[1, 2]" in repr(ns)
+    v = sm.Value("i", 5)
+    v.value += 1
+    assert v.value == 6 and v.get() == 6
+    v.set("now a str")
+    assert v.value == "now a str" and repr(v) == "Value('i', 'now a str')"
+
+
+@pytest.mark.timeout(30)
+def test_root_is_shared_between_connections(backend: Backend) -> None:
+    key = f"shared-{secrets.token_hex(3)}"
+    backend.m.root[key] = {"hits": 0}
+    other = backend.again()
+    try:
+        assert other.root[key] == {"hits": 0}
+        other.root[key].incr("hits")
+        other.root[key]["by_other"] = [1]
+        assert backend.m.root[key] == {"hits": 1, "by_other": [1]}
+    finally:
+        if backend.name == "redis":
+            other.shutdown()
+        del backend.m.root[key]
+
+
+@pytest.mark.timeout(60)
+def test_proxies_pickle_into_spawned_children(sm: Any) -> None:
+    d, l, q, lk = sm.dict(), sm.list(), sm.Queue(), sm.Lock()
+    d["parent"] = "hello"
+    p = start(_roundtrip, d, l, q, lk, ctx=SPAWN)
+    assert q.get(timeout=40) == "done"
+    join_all([p])
+    assert d["child"]["seen"] == "hello" and d["child"]["more"] == [1]
+    assert d["child"]["pid"] == p.pid and list(l) == ["hello"]
+
+
+# -- atomic operations -------------------------------------------------------------------------
+
+@pytest.mark.timeout(20)
+def test_incr_and_cas(sm: Any) -> None:
+    d = sm.dict()
+    assert d.incr("n") == 1 and d.incr("n", 5) == 6 and d.incr("n", -6) == 0
+    assert d.incr("f", 0.5) == 0.5 and type(d["f"]) is float
+    assert d.incr("d", 1, default=10) == 11
+    assert d.incr("big", 2**62) == 2**62 and d.incr("big", 2**62) == 2**63
+    d["s"] = "text"
+    with pytest.raises(TypeError):
+        d.incr("s")
+    assert d.cas("k", None, 1) is True               # missing reads as None
+    assert d.cas("k", None, 2) is False and d["k"] == 1
+    assert d.cas("k", 1, {"nested": []}) is True      # a plain dict stored: made nested
+    d["k"]["nested"].append(1)
+    assert d["k"] == {"nested": [1]}
+    d["k"] = "replaced"
+    assert d.cas("k", "other", "x") is False and d["k"] == "replaced"
+    d["one"] = 1
+    assert d.cas("one", 1.0, "equal, not identical") is True
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("worker", [_incr_many, _cas_many, _locked_many])
+def test_four_processes_lose_no_update(sm: Any, worker: Any) -> None:
+    d = sm.dict()
+    procs = [start(worker, d, 200) for _ in range(4)]
+    join_all(procs, 80)
+    assert d["n"] == 800
+
+
+@pytest.mark.timeout(60)
+def test_queue_across_four_processes_loses_nothing(sm: Any) -> None:
+    q = sm.Queue()
+    out = sm.list()
+    producers = [start(_producer, q, 100 * k, 100) for k in range(2)]
+    consumers = [start(_consumer, q, out, 100) for _ in range(2)]
+    join_all(producers + consumers, 50)
+    assert sorted(out) == list(range(200)) and q.empty()
+
+
+# -- locked() -----------------------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_locked_excludes_others_from_the_object_and_its_nested(sm: Any) -> None:
+    d, other = sm.dict(), sm.dict()
+    d["sub"] = {"list": []}
+    inner = d["sub"]["list"]
+    ready = FORK.Event()
+    p = start(_hold_locked, d, ready, 0.5)
+    assert ready.wait(20)
+    held_at = time.monotonic()
+    _, elapsed = timed(other.__setitem__, "free", 1)   # another object: not held up
+    assert elapsed < 0.3
+    inner.append(1)                                    # nested two levels down: waits
+    assert time.monotonic() - held_at >= 0.4
+    assert d["by_child"] is True                       # the holder's write came first
+    join_all([p])
+    assert d["sub"]["list"] == [1]
+
+
+@pytest.mark.timeout(20)
+def test_locked_is_reentrant(sm: Any) -> None:
+    d = sm.dict()
+    d["sub"] = {}
+    with d.locked():
+        with d.locked():
+            d["a"] = 1
+            d["sub"]["b"] = 2
+            with d["sub"].locked():
+                d["sub"]["c"] = 3
+        d.incr("n")
+    assert d == {"a": 1, "sub": {"b": 2, "c": 3}, "n": 1}
+
+
+@pytest.mark.timeout(30)
+def test_locked_holder_killed_frees_it(backend: Backend) -> None:
+    d = backend.m.dict()
+    ready = FORK.Event()
+    p = start(_hold_locked, d, ready, 600)
+    assert ready.wait(20)
+    t, out = in_thread(lambda: (d.__setitem__("after", 1), time.monotonic()))
+    time.sleep(0.2)
+    assert t.is_alive()                                # waiting for the holder
+    killed_at = kill(p)
+    t.join(backend.dead_free + 5)
+    assert out and out[0][1] - killed_at < backend.dead_free
+    assert "by_child" not in d and d["after"] == 1
+    with d.locked() as state:
+        assert state.owner_died is True
+    with d.locked() as state:
+        assert state.owner_died is False
+
+
+# -- synchronization -----------------------------------------------------------------------------
+
+@pytest.mark.timeout(20)
+def test_lock(sm: Any) -> None:
+    lk = sm.Lock()
+    assert lk.acquire() is True and lk.locked()
+    got, elapsed = timed(lk.acquire, timeout=0.2)
+    assert got is False
+    assert_honoured(elapsed, 0.2)
+    assert lk.acquire(False) is False
+    def release_elsewhere() -> str:
+        try:
+            lk.release()
+        except RuntimeError:
+            return "refused"
+        return "released"
+    t, out = in_thread(release_elsewhere)              # another thread: not the owner
+    t.join(5)
+    assert out == ["refused"] and lk.locked()
+    lk.release()
+    assert not lk.locked()
+    with pytest.raises(RuntimeError):
+        lk.release()
+    with lk:
+        assert lk.locked()
+    with pytest.raises(ValueError):
+        lk.acquire(False, 1)
+
+
+@pytest.mark.timeout(20)
+def test_rlock(sm: Any) -> None:
+    rl = sm.RLock()
+    for _ in range(3):
+        assert rl.acquire() is True
+    assert rl._is_owned()
+    t, out = in_thread(rl.acquire, True, 0.1)
+    t.join(5)
+    assert out == [False]
+    for _ in range(3):
+        rl.release()
+    with pytest.raises(RuntimeError):
+        rl.release()
+    t, out = in_thread(rl.acquire, False)
+    t.join(5)
+    assert out == [True]
+
+
+@pytest.mark.timeout(20)
+def test_semaphores(sm: Any) -> None:
+    s = sm.Semaphore(2)
+    assert s.acquire() and s.acquire(timeout=0.1)
+    got, elapsed = timed(s.acquire, timeout=0.2)
+    assert got is False
+    assert_honoured(elapsed, 0.2)
+    assert s.get_value() == 0
+    t, out = in_thread(s.acquire, True, 5)
+    time.sleep(0.1)
+    s.release()
+    t.join(5)
+    assert out == [True]
+    s.release(2)
+    assert s.get_value() == 2
+    bs = sm.BoundedSemaphore(1)
+    with bs:
+        assert bs.acquire(False) is False
+    with pytest.raises(ValueError):
+        bs.release()
+
+
+@pytest.mark.timeout(20)
+def test_event(sm: Any) -> None:
+    e = sm.Event()
+    assert not e.is_set()
+    got, elapsed = timed(e.wait, 0.2)
+    assert got is False
+    assert_honoured(elapsed, 0.2)
+    p = start(_set_event_later, e, 0.3)
+    got, elapsed = timed(e.wait, 10)
+    assert got is True and elapsed < 0.3 + 1.0
+    assert e.is_set() and e.wait(0) is True
+    e.clear()
+    assert not e.is_set()
+    join_all([p])
+
+
+@pytest.mark.timeout(30)
+def test_condition(sm: Any) -> None:
+    c = sm.Condition()
+    with pytest.raises(RuntimeError):
+        c.wait(0.1)
+    with pytest.raises(RuntimeError):
+        c.notify()
+    with c:
+        got, elapsed = timed(c.wait, 0.2)
+        assert got is False
+        assert_honoured(elapsed, 0.2)
+        c.notify()                                      # allowed: it got its lock back
+    d = sm.dict()
+    p = start(_notify_when_set, c, d)
+    with c:
+        assert c.wait_for(lambda: d.get("go"), 10) is True
+    join_all([p])
+    out: list[Any] = []
+
+    def waiter() -> None:
+        with c:
+            out.append(c.wait(10))
+    threads = [threading.Thread(target=waiter, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    with c:
+        c.notify()
+    time.sleep(0.3)
+    assert out == [True]
+    with c:
+        c.notify_all()
+    for t in threads:
+        t.join(5)
+    assert out == [True, True]
+
+
+@pytest.mark.timeout(30)
+def test_barrier(sm: Any) -> None:
+    b = sm.Barrier(3)
+    assert b.parties == 3 and b.n_waiting == 0 and not b.broken
+    out = sm.list()
+    procs = [start(_barrier_party, b, out) for _ in range(2)]
+    index = b.wait(10)
+    join_all(procs)
+    assert sorted([index] + [i for _, i in out]) == [0, 1, 2]
+    t0 = time.monotonic()
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(0.2)                                     # alone: times out, breaks it
+    assert_honoured(time.monotonic() - t0, 0.2)
+    assert b.broken
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(1)
+    b.reset()
+    assert not b.broken
+    def wait_broken() -> bool:
+        try:
+            b.wait(10)
+        except threading.BrokenBarrierError:
+            return True
+        return False
+    t, res = in_thread(wait_broken)
+    time.sleep(0.3)
+    b.abort()
+    t.join(5)
+    assert res == [True] and b.broken
+
+
+@pytest.mark.timeout(30)
+def test_queues(sm: Any) -> None:
+    q = sm.Queue(maxsize=2)
+    assert q.empty() and not q.full() and q.qsize() == 0
+    q.put(1)
+    q.put_nowait((2, "two"))
+    assert q.full() and q.qsize() == 2
+    with pytest.raises(queue.Full):
+        q.put_nowait(3)
+    t0 = time.monotonic()
+    with pytest.raises(queue.Full):
+        q.put(3, timeout=0.2)
+    assert_honoured(time.monotonic() - t0, 0.2)
+    t, out = in_thread(q.put, 3, True, 5)              # blocked until a get makes room
+    time.sleep(0.2)
+    assert t.is_alive()
+    assert q.get() == 1 and q.get() == (2, "two")
+    t.join(5)
+    assert not t.is_alive() and q.get(timeout=1) == 3
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    t0 = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.2)
+    assert_honoured(time.monotonic() - t0, 0.2)
+    t, out = in_thread(q.get, True, 5)                  # blocked until a put
+    time.sleep(0.2)
+    q.put({"a": [1]})
+    t.join(5)
+    assert out == [{"a": [1]}]
+    jq = sm.JoinableQueue()
+    jq.put("job")
+    jq.put("job2")
+    t, _ = in_thread(jq.join)
+    assert jq.get() == "job"
+    jq.task_done()
+    time.sleep(0.1)
+    assert t.is_alive()
+    jq.get()
+    jq.task_done()
+    t.join(5)
+    assert not t.is_alive()
+    with pytest.raises(ValueError):
+        jq.task_done()
+
+
+# -- a killed holder ----------------------------------------------------------------------------
+
+@pytest.mark.timeout(40)
+def test_killed_lock_holder_frees_it(backend: Backend) -> None:
+    lk = backend.m.Lock()
+    ready = FORK.Event()
+    p = start(_hold, lk, ready)
+    assert ready.wait(20)
+    assert lk.acquire(timeout=0.05) is False
+    killed_at = kill(p)
+    assert lk.acquire(timeout=backend.dead_free + 5) is True
+    assert time.monotonic() - killed_at < backend.dead_free
+    assert lk.owner_died is True
+    lk.release()
+    assert lk.acquire() is True and lk.owner_died is False
+    lk.release()
+
+
+@pytest.mark.timeout(40)
+def test_killed_semaphore_holder_gives_its_count_back(backend: Backend) -> None:
+    s = backend.m.Semaphore(1)
+    ready = FORK.Event()
+    p = start(_hold, s, ready)
+    assert ready.wait(20)
+    t, out = in_thread(lambda: (s.acquire(timeout=backend.dead_free + 5), time.monotonic()))
+    time.sleep(0.1)
+    killed_at = kill(p)
+    t.join(backend.dead_free + 6)
+    got, got_at = out[0]
+    assert got is True and got_at - killed_at < backend.dead_free
+    s.release()
