@@ -115,3 +115,9 @@ def redis_url() -> Iterator[str]:
         pytest.fail(str(e), pytrace=False)
     with server:
         yield server.url
+        try:
+            from shoal.redis import close_all
+        except ImportError:
+            pass
+        else:
+            close_all()                   # before the server goes: no renewals into the void

@@ -696,3 +696,119 @@ def test_killed_semaphore_holder_gives_its_count_back(backend: Backend) -> None:
     got, got_at = out[0]
     assert got is True and got_at - killed_at < backend.dead_free
     s.release()
+
+
+def _get_forever(q: Any, ready: Any) -> None:
+    ready.set()
+    q.get()
+    time.sleep(600)
+
+
+@pytest.mark.timeout(30)
+def test_killed_getter_does_not_swallow_an_item(sm: Any) -> None:
+    q = sm.Queue()
+    ready = FORK.Event()
+    p = start(_get_forever, q, ready)
+    assert ready.wait(20)
+    time.sleep(0.3)                                    # the child is blocked in get
+    kill(p)
+    q.put("item")
+    assert q.get(timeout=5) == "item"
+    assert q.empty()
+
+
+# -- Redis only: what differs by design ---------------------------------------------------------
+
+@pytest.fixture
+def redis_m(redis_url: str) -> Iterator[Any]:  # noqa: F811
+    from shoal.redis import connect
+    namespace = f"test-{secrets.token_hex(4)}"
+    m = connect(redis_url, namespace=namespace, lease=LEASE)
+    try:
+        yield m
+    finally:
+        m.shutdown()
+        with connect(redis_url, namespace=namespace) as cleaner:
+            cleaner.purge()
+
+
+def _keys(m: Any) -> set[str]:
+    b = m._b
+    pattern = b.prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+    return {k.decode() for k in b.redis.scan_iter(match=pattern)
+            if b"client:" not in k and b"wake:" not in k}
+
+
+@pytest.mark.timeout(20)
+def test_redis_url_forms() -> None:
+    from shoal.redis._backend import parse_url
+    assert parse_url("valkey://h:1/2?namespace=app&lease=3") == ("redis://h:1/2", "app", 3.0)
+    assert parse_url("valkeys://h/0") == ("rediss://h/0", "shoal", 10.0)
+    assert parse_url("redis://h/0?namespace=a", namespace="b")[1] == "b"
+    with pytest.raises(ValueError):
+        parse_url("http://h/")
+    with pytest.raises(ValueError):
+        parse_url("redis://h/0?namespace=a{b}")
+
+
+@pytest.mark.timeout(20)
+def test_redis_keys_share_one_hash_tag_and_nested_containers_are_freed(redis_m: Any) -> None:
+    ns = redis_m.namespace
+    d = redis_m.dict()
+    d["x"] = {"a": [1, {"b": 2}]}
+    keys = _keys(redis_m)
+    assert keys and all(k.startswith(f"shoal:{{{ns}}}:") for k in keys)
+    nested = len(keys)
+    d["x"] = 1                                          # the nested dict, list, dict: deleted
+    assert len(_keys(redis_m)) == nested - 6            # three objects, each data + meta
+    d["y"] = [{"deep": 1}]
+    assert d.pop("y") == [{"deep": 1}]                  # taken out: a plain copy
+    assert len(_keys(redis_m)) == nested - 6
+    kept = redis_m.dict(k=1)
+    redis_m.root[f"kept-{ns}"] = kept
+    gone = redis_m.dict(g=1)
+    gone_key = gone._redis_key
+    redis_m.shutdown()                                  # unreferenced objects go, others stay
+    from shoal.redis import connect
+    other = connect(redis_m._spec[0], namespace=ns, lease=LEASE)
+    assert other.root[f"kept-{ns}"] == {"k": 1}
+    assert gone_key + ":meta" not in _keys(other)
+    with pytest.raises(ReferenceError):
+        gone["g"]
+    other.shutdown()
+
+
+@pytest.mark.timeout(20)
+def test_redis_namespaces_do_not_collide(redis_url: str) -> None:  # noqa: F811
+    from shoal.redis import connect
+    a = connect(redis_url, namespace=f"a-{secrets.token_hex(3)}")
+    b = connect(redis_url, namespace=f"b-{secrets.token_hex(3)}")
+    try:
+        a.root["k"] = "a"
+        b.root["k"] = "b"
+        assert a.root["k"] == "a" and b.root["k"] == "b"
+    finally:
+        for m in (a, b):
+            m.purge()
+            m.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_redis_lost_lease_is_reported_on_release(redis_m: Any) -> None:
+    from shoal.redis import LeaseExpired, connect
+    lk = redis_m.Lock()
+    d = redis_m.dict()
+    assert lk.acquire()
+    b = redis_m._b
+    b.redis.delete(b._presence_key(b.token))            # as if this process had stalled
+    other = connect(redis_m._spec[0], namespace=redis_m.namespace, lease=LEASE + 1)
+    try:
+        olk = other._b.proxy(lk._redis_key, "Lock")
+        assert olk.acquire(timeout=5) is True and olk.owner_died is True
+        with pytest.raises(LeaseExpired):
+            lk.release()
+        olk.release()
+        with pytest.raises(LeaseExpired), d.locked():   # the per-object lock's too
+            b.redis.delete(b._presence_key(b.token))
+    finally:
+        other.shutdown()

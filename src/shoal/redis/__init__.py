@@ -13,7 +13,7 @@ Example::
         m.root["config"]["workers"] += 1
 """
 
-from ._backend import LeaseExpired
+from ._backend import LeaseExpired, close_all
 from ._manager import RedisManager, connect
 from ._proxies import (
                     RedisDictProxy,

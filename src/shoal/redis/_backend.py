@@ -4,7 +4,8 @@ A ``Backend`` is shared by every proxy of this process that names the same URL, 
 lease (proxies find it again by that spec after being pickled into another process). It holds
 
 * the redis-py client (its connection pool is thread-safe and re-made after a fork);
-* the Lua script (``_scripts.LUA``), called with EVALSHA;
+* the Lua scripts (``_scripts.SCRIPTS``, one per operation), loaded on first use and called
+  with EVALSHA;
 * this process's **presence**: the key ``shoal:{ns}:client:TOKEN``, set with a time to live of
   one lease and renewed every third of a lease by a daemon thread. Everything the process holds
   (locks, semaphore counts, per-object locks, a place in a barrier or a condition) is held in
@@ -41,9 +42,9 @@ import redis.exceptions
 
 from .._errors import WIRE_EXCEPTIONS, ConnectionLost, RemoteError, ShoalError
 from ._codec import RedisCodec, ref_bytes
-from ._scripts import BLOCKED, ERROR, FALLBACK, GONE, LUA, OK
+from ._scripts import BLOCKED, ERROR, FALLBACK, GONE, OK, SCRIPTS
 
-__all__ = ["Backend", "LeaseExpired", "Plan", "Spec", "get_backend", "parse_url"]
+__all__ = ["close_all", "Backend", "LeaseExpired", "Plan", "Spec", "get_backend", "parse_url"]
 
 log = logging.getLogger("shoal.redis")
 
@@ -127,16 +128,15 @@ class Backend:
         self.prefix = f"shoal:{{{namespace}}}:"
         self.root_key = self.prefix + "root"
         self.pid = os.getpid()
-        self.forked = False
+        self.stale = False
         self.redis = redis.Redis.from_url(url, **dict(options))
-        self._sha = ""
+        self._shas: dict[str, str] = {}
         self._local = threading.local()
         self._proxy_types: dict[str, Callable[..., Any]] = {}
         self.held: dict[tuple[str, str], int] = {}   # (lock key, holder) -> depth, this process
         self._stop = threading.Event()
         self.token = self._new_token()
         with self.errors():
-            self._sha = self.redis.script_load(LUA)
             self._announce()
             self.run(self.root_key, "root")
         self._thread = threading.Thread(target=self._renew, name="shoal-redis-presence",
@@ -158,7 +158,7 @@ class Backend:
     def _renew(self) -> None:
         period = self.lease / 3
         while not self._stop.wait(period):
-            if self.forked or os.getpid() != self.pid:
+            if self.stale or os.getpid() != self.pid:
                 return
             try:
                 ok = self.redis.set(self._presence_key(self.token),
@@ -175,7 +175,7 @@ class Backend:
     def close(self) -> None:
         """Stop renewing and remove this process's presence (what it holds is freed)."""
         self._stop.set()
-        if os.getpid() == self.pid and not self.forked:
+        if os.getpid() == self.pid and not self.stale:
             try:
                 self.redis.delete(self._presence_key(self.token))
             except redis.exceptions.RedisError:
@@ -279,11 +279,14 @@ class Backend:
         if holder is None:
             holder = f"{self.token}/{threading.get_ident()}"
         try:
-            return self.redis.evalsha(self._sha, 1, key, op, holder, *args)  # type: ignore[no-any-return]
-        except redis.exceptions.NoScriptError:
-            with self.errors():
-                self._sha = self.redis.script_load(LUA)
-                return self.redis.evalsha(self._sha, 1, key, op, holder, *args)  # type: ignore[no-any-return]
+            sha = self._shas.get(op)
+            if sha is not None:
+                try:
+                    return self.redis.evalsha(sha, 1, key, op, holder, *args)  # type: ignore[no-any-return]
+                except redis.exceptions.NoScriptError:
+                    pass      # the server restarted, or its scripts were flushed
+            sha = self._shas[op] = self.redis.script_load(SCRIPTS[op])
+            return self.redis.evalsha(sha, 1, key, op, holder, *args)  # type: ignore[no-any-return]
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             raise ConnectionLost(f"lost the connection to Redis at {self.address()}: {e}") from e
         except redis.exceptions.RedisError as e:
@@ -366,11 +369,11 @@ _backends_lock = threading.Lock()
 def get_backend(spec: Spec) -> Backend:
     """This process's backend for ``spec``, made on first use."""
     b = _backends.get(spec)
-    if b is not None and not b.forked:
+    if b is not None and not b.stale:
         return b
     with _backends_lock:
         b = _backends.get(spec)
-        if b is None or b.forked:
+        if b is None or b.stale:
             b = _backends[spec] = Backend(spec)
         return b
 
@@ -379,20 +382,26 @@ def _after_fork_in_child() -> None:
     # The child is another process: it must not hold what the parent holds, nor share the
     # parent's connections or thread. Its proxies find a new backend on their next call.
     for b in _backends.values():
-        b.forked = True
+        b.stale = True
     _backends.clear()
 
 
-def _close_all() -> None:
-    for b in list(_backends.values()):
+def close_all() -> None:
+    """Close every backend of this process: stop renewing its leases and remove its presence
+    (what it holds is free at once). Proxies made before reconnect on their next call."""
+    with _backends_lock:
+        backends = list(_backends.values())
+        _backends.clear()
+    for b in backends:
         try:
             b.close()
-        except Exception:
+        except redis.exceptions.RedisError:
             pass
+        b.stale = True                   # its proxies look up a new backend
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_all)
+atexit.register(close_all)
 
 
 def deadline_of(timeout: float | None) -> float | None:

@@ -73,7 +73,7 @@ class RedisManager:
         b = self._backend
         if b is None:
             raise RuntimeError("the manager has shut down")
-        if b.forked:
+        if b.stale:
             b = self._backend = get_backend(self._spec)
         return b
 
@@ -237,7 +237,7 @@ class RedisManager:
         if b is None:
             return
         made, self._made = self._made, []
-        if not b.forked:
+        if not b.stale:
             for i in range(0, len(made), 500):
                 b.call(b.root_key, "unpin", *made[i:i + 500])
         self._backend = None

@@ -66,7 +66,7 @@ class RedisProxy:
     @property
     def _b(self) -> Backend:
         b = self._backend
-        if b.forked:                      # this process was forked: use its own backend
+        if b.stale:                      # forked, or closed: use this process's current one
             b = get_backend(b.spec)
             object.__setattr__(self, "_backend", b)
         return b

@@ -1,12 +1,13 @@
 """The Lua that runs every call on Redis: one script, one operation per run, so each call is atomic.
 
-The script is loaded once (``SCRIPT LOAD`` through redis-py's ``register_script``) and called as
-``EVALSHA sha 1 KEY OP HOLDER ARGS...``:
+``LUA`` holds shared helpers and the operations (``OPS.name = function() ... end``); each
+operation becomes a script of its own (``SCRIPTS``: the helpers, the operation, its call), loaded
+once with ``SCRIPT LOAD`` and called as ``EVALSHA sha 1 KEY OP HOLDER ARGS...``:
 
 * ``KEY`` is the key of the object the call is about. It is the only declared key: every other
   key the script touches carries the same hash tag (``shoal:{namespace}:...``), so in a Redis
   Cluster they all live in the slot ``KEY`` routes to.
-* ``OP`` names the operation (the table ``OPS`` at the end).
+* ``OP`` names the operation (also given, so that every script reads its arguments alike).
 * ``HOLDER`` is the caller: ``TOKEN/THREAD``. ``TOKEN`` names one process's presence: the key
   ``shoal:{ns}:client:TOKEN`` exists while that process lives (its heartbeat renews it); a lock,
   a per-object lock or a semaphore count held by a ``TOKEN`` whose key has expired is free again.
@@ -31,6 +32,8 @@ container is deleted, with everything it holds, when the last container slot let
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = ["BLOCKED", "ERROR", "FALLBACK", "GONE", "LUA", "OK"]
 
@@ -1175,7 +1178,20 @@ OPS.qjoin = function()
   return block(K .. ':joiners', -1)
 end
 
-local f = OPS[OP]
-if not f then return {2, 'RemoteError', 'unknown operation ' .. tostring(OP)} end
-return f()
 """
+
+
+def _split(source: str) -> tuple[str, dict[str, str]]:
+    """The helpers (everything but the operations) and each operation's definition."""
+    blocks = dict(_OP.findall(source))
+    return _OP.sub("", source), {name: f"OPS.{name} = function(){body}" for name, body in
+                                 blocks.items()}
+
+
+_OP = re.compile(r"^OPS\.(\w+) = function\(\)(\n.*?^end\n)", re.M | re.S)
+_PRELUDE, _OPS = _split(LUA)
+
+#: One script per operation: the helpers, that operation, and the call. (One script holding
+#: every operation would make each run define all of them, a closure each: measurably slower.)
+SCRIPTS: dict[str, str] = {name: f"{_PRELUDE}{body}return OPS.{name}()\n"
+                           for name, body in _OPS.items()}
