@@ -1188,10 +1188,37 @@ def _split(source: str) -> tuple[str, dict[str, str]]:
                                  blocks.items()}
 
 
+def _chunks(prelude: str) -> list[tuple[str | None, str]]:
+    """The prelude's top-level statements, each with the name it defines (None: none)."""
+    out: list[tuple[str | None, str]] = []
+    for part in re.split(r"\n(?=local |if |-- )", prelude):
+        m = re.match(r"local (?:function )?(\w+)", part)
+        out.append((m.group(1) if m else None, part + "\n"))
+    return out
+
+
+def _script(body: str, name: str) -> str:
+    """The helpers ``body`` needs (found by name, transitively), the operation, its call."""
+    chunks = _chunks(_PRELUDE)
+    defined = {n: text for n, text in chunks if n is not None}
+    needed: set[str] = set()
+    todo = [body]
+    while todo:
+        for word in set(re.findall(r"[A-Za-z_]\w*", todo.pop())):
+            if word in defined and word not in needed:
+                needed.add(word)
+                todo.append(defined[word])
+    # K, OP, HOLDER ... are small and read ARGV: always kept, so every script starts alike
+    keep = {"K", "OP", "HOLDER", "TOKEN", "P", "call", "unpack", "OPS"}
+    text = "".join(t for n, t in chunks
+                   if (n is None and not t.startswith("--")) or n in needed or n in keep)
+    return f"{text}{body}return OPS.{name}()\n"
+
+
 _OP = re.compile(r"^OPS\.(\w+) = function\(\)(\n.*?^end\n)", re.M | re.S)
 _PRELUDE, _OPS = _split(LUA)
 
-#: One script per operation: the helpers, that operation, and the call. (One script holding
-#: every operation would make each run define all of them, a closure each: measurably slower.)
-SCRIPTS: dict[str, str] = {name: f"{_PRELUDE}{body}return OPS.{name}()\n"
-                           for name, body in _OPS.items()}
+#: One script per operation: the helpers it uses, that operation, and the call. (One script
+#: holding every operation would make each run define all of them, a closure each, and every
+#: helper: measurably slower.)
+SCRIPTS: dict[str, str] = {name: _script(body, name) for name, body in _OPS.items()}
