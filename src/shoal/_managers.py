@@ -371,9 +371,13 @@ def Manager(*, address: Any = None, authkey: bytes | None = None, nested: str = 
     return m
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "valkey://", "valkeys://")
+
+
 def connect(address: Any, authkey: bytes | None = None, tls: Any = None) -> SyncManager:
     """A SyncManager connected to the running server at ``address``: a socket path,
-    ``(host, port)`` or ``"tcp://host:port"``. ``tls``: True (verify the server against the
+    ``(host, port)`` or ``"tcp://host:port"``; or, with ``"redis://host:port/db"`` (also
+    ``rediss://`` and Valkey), the same proxies on Redis (``pip install 'shoal[redis]'``). ``tls``: True (verify the server against the
     system's certificate authorities), a CA file's path, or an ``ssl.SSLContext``.
 
     Example::
@@ -381,6 +385,9 @@ def connect(address: Any, authkey: bytes | None = None, tls: Any = None) -> Sync
         m = shoal.connect("tcp://127.0.0.1:7070", authkey=key, tls="ca.pem")
         m.root["jobs"] = []
     """
+    if isinstance(address, str) and address.startswith(_REDIS_SCHEMES):
+        from .redis import connect as redis_connect     # needs the redis extra
+        return redis_connect(address)  # type: ignore[return-value]
     m = SyncManager(address=address, authkey=authkey, tls=tls)
     m.connect()
     return m
