@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
+import shoal.redis
 
 START, END = "<!-- bench_redis:start -->", "<!-- bench_redis:end -->"
 INTRO = """\
@@ -150,7 +151,6 @@ def _percentile(sorted_ns: list[int], q: float) -> float:
 
 def measure(url: str | None, rounds: int, ops: int) -> dict[tuple[str, str], dict[str, float]]:
     """{(system, op): {"median", "p50", "p90"}} in µs per op, over interleaved rounds."""
-    import shoal.redis
     per_round: dict[tuple[str, str], list[float]] = {}
     samples: dict[tuple[str, str], array] = {}
     with ExitStack() as stack:
@@ -209,12 +209,12 @@ def _redis_version(url: str | None) -> str:
     exe = shutil.which("redis-server") or shutil.which("valkey-server")
     if url is not None or exe is None:
         return "a running server"
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout
     return out.split(" sha=")[0].strip()
 
 
 def section(tbl: str, command: str, rounds: int, ops: int, load: str, server: str) -> str:
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import redis
     return f"""{START}

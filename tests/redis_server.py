@@ -16,11 +16,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-__all__ = ["RedisServer", "redis_url", "INSTALL_HINT"]
+__all__ = ["INSTALL_HINT", "RedisServer", "redis_url"]
 
 INSTALL_HINT = ("redis-server is not installed, and the Redis backend's tests need a real one: "
                 "install it with `apt-get install -y redis-server` (Debian/Ubuntu; or valkey-server, "
@@ -102,7 +101,7 @@ class RedisServer:
         self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

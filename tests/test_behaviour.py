@@ -332,10 +332,10 @@ def test_namespace_and_value(sm: Any) -> None:
     ns.y.append(2)
     assert ns.x == 1 and ns.y == [1, 2]
     with pytest.raises(AttributeError):
-        ns.missing
+        _ = ns.missing
     del ns.x
     with pytest.raises(AttributeError):
-        ns.x
+        _ = ns.x
     assert "y=[1, 2]" in repr(ns)
     v = sm.Value("i", 5)
     v.value += 1

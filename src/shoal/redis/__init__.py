@@ -15,35 +15,13 @@ Example::
 
 from ._backend import LeaseExpired, close_all
 from ._manager import RedisManager, connect
-from ._proxies import (
-                    RedisDictProxy,
-                    RedisListProxy,
-                    RedisNamespaceProxy,
-                    RedisValueProxy,
-)
-from ._sync import (
-                    RedisBarrierProxy,
-                    RedisConditionProxy,
-                    RedisEventProxy,
-                    RedisLockProxy,
-                    RedisQueueProxy,
-                    RedisRLockProxy,
-                    RedisSemaphoreProxy,
-)
+from ._proxies import RedisDictProxy, RedisListProxy, RedisNamespaceProxy, RedisValueProxy
+from ._sync import (RedisBarrierProxy, RedisConditionProxy, RedisEventProxy, RedisLockProxy,
+                    RedisQueueProxy, RedisRLockProxy, RedisSemaphoreProxy)
 
 __all__ = [
-                    "LeaseExpired",
-                    "RedisBarrierProxy",
-                    "RedisConditionProxy",
-                    "RedisDictProxy",
-                    "RedisEventProxy",
-                    "RedisListProxy",
-                    "RedisLockProxy",
-                    "RedisManager",
-                    "RedisNamespaceProxy",
-                    "RedisQueueProxy",
-                    "RedisRLockProxy",
-                    "RedisSemaphoreProxy",
-                    "RedisValueProxy",
-                    "connect",
+    "connect", "RedisManager", "LeaseExpired", "close_all",
+    "RedisDictProxy", "RedisListProxy", "RedisNamespaceProxy", "RedisValueProxy",
+    "RedisLockProxy", "RedisRLockProxy", "RedisSemaphoreProxy", "RedisConditionProxy",
+    "RedisEventProxy", "RedisBarrierProxy", "RedisQueueProxy",
 ]

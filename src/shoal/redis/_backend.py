@@ -44,7 +44,7 @@ from .._errors import WIRE_EXCEPTIONS, ConnectionLost, RemoteError, ShoalError
 from ._codec import RedisCodec, ref_bytes
 from ._scripts import BLOCKED, ERROR, FALLBACK, GONE, OK, SCRIPTS
 
-__all__ = ["close_all", "Backend", "LeaseExpired", "Plan", "Spec", "get_backend", "parse_url"]
+__all__ = ["Backend", "LeaseExpired", "Plan", "Spec", "close_all", "get_backend", "parse_url"]
 
 log = logging.getLogger("shoal.redis")
 

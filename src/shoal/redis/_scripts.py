@@ -1215,7 +1215,7 @@ def _script(body: str, name: str) -> str:
     return f"{text}{body}return OPS.{name}()\n"
 
 
-_OP = re.compile(r"^OPS\.(\w+) = function\(\)(\n.*?^end\n)", re.M | re.S)
+_OP = re.compile(r"^OPS\.(\w+) = function\(\)(\n.*?^end\n)", re.MULTILINE | re.DOTALL)
 _PRELUDE, _OPS = _split(LUA)
 
 #: One script per operation: the helpers it uses, that operation, and the call. (One script

@@ -163,9 +163,7 @@ class RedisSemaphoreProxy(_SyncProxy, SemaphoreProxy):
         while True:
             r = self._try("sacq", "1" if blocking else "0")
             if r[0] == OK:
-                if r[1]:
-                    return True
-                return False
+                return bool(r[1])
             left = remaining(deadline)
             if left is not None and left <= 0:
                 return False
