@@ -34,7 +34,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import redis
@@ -233,7 +233,7 @@ class Backend:
     def _ref_of(self, obj: Any) -> tuple[str, str] | None:
         key = getattr(obj, "_redis_key", None)
         if key is not None and obj._backend.prefix == self.prefix:
-            return key, obj._typeid  # type: ignore[no-any-return]
+            return key, obj._typeid
         return None
 
     def proxy(self, key: str, typeid: str) -> Any:
@@ -244,7 +244,7 @@ class Backend:
             cls = PROXY_TYPES.get(typeid)
             if cls is None:
                 raise TypeError(f"no proxy type for a shared {typeid!r} on Redis")
-        return cls._bind(self, key, typeid)
+        return cast(Any, cls)._bind(self, key, typeid)
 
     def new_key(self, typeid: str) -> str:
         return f"{self.prefix}{typeid.lower()}:{secrets.token_hex(8)}"
@@ -346,7 +346,7 @@ class Backend:
         with self.errors():
             conn = pool.get_connection()
             try:
-                conn.send_packed_command(conn.pack_commands(
+                conn.send_packed_command(conn.pack_commands(  # type: ignore[no-untyped-call]
                     [("CLIENT", "ID"), (*command, f"{server_timeout:.3f}")]))
                 client_id = conn.read_response()
                 if timeout is not None and not conn.can_read(timeout=timeout):
@@ -356,7 +356,7 @@ class Backend:
                         pass   # CLIENT may be refused (ACL): Redis' own timeout ends it
                 return conn.read_response()
             except BaseException:
-                conn.disconnect()
+                conn.disconnect()  # type: ignore[no-untyped-call]
                 raise
             finally:
                 pool.release(conn)

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._proxies import DictProxy, ListProxy, NamespaceProxy, Token, ValueProxy
+from .._proxies import ObjectLockContext as _CoreLockContext
 from ._backend import Backend, Plan, Spec, get_backend
 from ._scripts import FALLBACK
 
@@ -37,7 +38,7 @@ _EXACT = (str, bytes, type(None))   # types whose equality is equality of their 
 _NONE = b"\xc0"
 
 
-def _rebuild(cls: type[RedisProxy], spec: Spec, key: str, typeid: str) -> RedisProxy:
+def _rebuild(cls: type[RedisProxy], spec: Spec, key: str, typeid: str) -> Any:
     return cls._bind(get_backend(spec), key, typeid)
 
 
@@ -51,7 +52,7 @@ class RedisProxy:
 
     @classmethod
     def _bind(cls, backend: Backend, key: str, typeid: str) -> Any:
-        self = cls.__new__(cls)
+        self = cls.__new__(cls)  # no __init__: a proxy is bound, not made
         object.__setattr__(self, "_backend", backend)
         object.__setattr__(self, "_redis_key", key)
         object.__setattr__(self, "_typeid", typeid)
@@ -113,13 +114,13 @@ _local_locks: dict[str, threading.RLock] = {}
 _local_locks_guard = threading.Lock()
 
 
-class ObjectLockContext:
+class ObjectLockContext(_CoreLockContext):
     """What ``proxy.locked()`` returns on Redis."""
 
     owner_died = False
 
-    def __init__(self, proxy: RedisProxy) -> None:
-        self._proxy = proxy
+    def __init__(self, proxy: RedisProxy) -> None:  # not super()'s: that one wants a connection
+        self._rproxy = proxy
         with _local_locks_guard:
             lock = _local_locks.get(proxy._redis_key)
             if lock is None:
@@ -130,9 +131,9 @@ class ObjectLockContext:
     def __enter__(self) -> ObjectLockContext:
         self._local.acquire()
         try:
-            b = self._proxy._b
+            b = self._rproxy._b
             self._token = b.token
-            r = b.call(self._proxy._redis_key, "oacquire")
+            r = b.call(self._rproxy._redis_key, "oacquire")
             self.owner_died = bool(r[1])
         except BaseException:
             self._local.release()
@@ -141,7 +142,7 @@ class ObjectLockContext:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            self._proxy._b.call(self._proxy._redis_key, "orelease", self._token)
+            self._rproxy._b.call(self._rproxy._redis_key, "orelease", self._token)
         finally:
             self._local.release()
 
@@ -415,7 +416,7 @@ def _v_set(self: RedisProxy, value: Any) -> None:
 def _v_typecode(self: RedisProxy) -> Any:
     b = self._b
     with b.errors():
-        raw = b.redis.hget(self._redis_key + ":meta", "typecode")
+        raw: bytes | None = b.redis.hget(self._redis_key + ":meta", "typecode")  # type: ignore[assignment]
     return None if raw is None else b.decode(raw)
 
 

@@ -137,7 +137,7 @@ class _AcquirerMixin(_SyncProxy):
 class RedisLockProxy(_AcquirerMixin, LockProxy):
     """A shared ``threading.Lock`` on Redis, held as a lease."""
 
-    def locked(self) -> bool:
+    def locked(self) -> bool:  # type: ignore[override]
         return bool(self._state()[1])
 
 
@@ -280,7 +280,7 @@ class RedisBarrierProxy(_SyncProxy, BarrierProxy):
     def wait(self, timeout: float | None = None) -> int:
         b = self._b
         if timeout is None:
-            raw = b.redis.hget(self._redis_key + ":meta", "timeout")
+            raw: bytes | None = b.redis.hget(self._redis_key + ":meta", "timeout")  # type: ignore[assignment]
             timeout = b.decode(raw) if raw else None
         deadline = deadline_of(_timeout(timeout, "now"))
         r = self._try("bwait")
@@ -383,7 +383,7 @@ class RedisQueueProxy(_SyncProxy, QueueProxy):
 
     def full(self) -> bool:
         r = self._try("qsize")
-        return 0 < r[2] <= r[1]
+        return bool(0 < r[2] <= r[1])
 
     def task_done(self) -> None:
         self._try("qdone")
