@@ -374,10 +374,12 @@ def Manager(*, address: Any = None, authkey: bytes | None = None, nested: str = 
 _REDIS_SCHEMES = ("redis://", "rediss://", "valkey://", "valkeys://")
 
 
-def connect(address: Any, authkey: bytes | None = None, tls: Any = None) -> SyncManager:
+def connect(address: Any, authkey: bytes | None = None, tls: Any = None,
+            **redis_options: Any) -> SyncManager:
     """A SyncManager connected to the running server at ``address``: a socket path,
     ``(host, port)`` or ``"tcp://host:port"``; or, with ``"redis://host:port/db"`` (also
-    ``rediss://`` and Valkey), the same proxies on Redis (``pip install 'shoal[redis]'``). ``tls``: True (verify the server against the
+    ``rediss://`` and Valkey), the same proxies on Redis (``pip install 'shoal[redis]'``);
+    ``redis_options`` go to redis-py (``password=``, ``ssl_ca_certs=`` ...). ``tls``: True (verify the server against the
     system's certificate authorities), a CA file's path, or an ``ssl.SSLContext``.
 
     Example::
@@ -387,7 +389,9 @@ def connect(address: Any, authkey: bytes | None = None, tls: Any = None) -> Sync
     """
     if isinstance(address, str) and address.startswith(_REDIS_SCHEMES):
         from .redis import connect as redis_connect     # needs the redis extra
-        return redis_connect(address)  # type: ignore[return-value]
+        if isinstance(tls, (str, os.PathLike)):
+            redis_options.setdefault("ssl_ca_certs", os.fspath(tls))
+        return redis_connect(address, **redis_options)  # type: ignore[return-value]
     m = SyncManager(address=address, authkey=authkey, tls=tls)
     m.connect()
     return m
