@@ -1,0 +1,652 @@
+"""What durability costs: write throughput under each fsync policy, and restart time.
+
+Two parts, each beside its baselines from the same run:
+
+* **writes**: total ``d[k] = v`` per second (1,000 small int keys, int values) from client
+  processes started together, on a shoal server persisting with ``fsync="always"`` (1 client:
+  one fsync per write; 4 clients: what group commit makes of it), ``"everysec"`` and ``"no"``,
+  on shoal without persistence and on ``multiprocessing.Manager`` (memory only, the reference),
+  and on SQLite in WAL mode (stdlib ``sqlite3``, one autocommitted ``INSERT OR REPLACE`` per
+  write, ``synchronous=FULL`` and ``NORMAL``), the alternative engine. Each round also times
+  the raw ``os.fsync`` of a small append in the same directory: 1 / that latency is the most
+  writes per second that one fsync per write allows; and the engines alone, in one thread (the
+  journal append shoal's server makes, SQLite's autocommitted insert), with and without fsync.
+* **restart**: seconds from launching ``python -m shoal serve --persist DIR`` to its
+  "serving on" line, for 1,000,000 int keys in the root dict written with ``root.update`` in
+  chunks of 10,000 (kept in the journal), the same after ``server.compact()`` (kept in a
+  snapshot), 1,000,000 keys written one ``root[k] = v`` at a time (pipelined; the server
+  compacts as it goes), and an empty directory (the interpreter and import alone).
+
+The machine may be shared and noisy, so every case runs once per round, in an order that
+alternates from round to round, and the tables give medians over rounds.
+
+Usage::
+
+    python benchmarks/bench_persist.py                       # both parts, 5 rounds
+    python benchmarks/bench_persist.py --quick               # 2 rounds, short runs, 100,000 keys
+    python benchmarks/bench_persist.py --writes              # one part only
+    python benchmarks/bench_persist.py --markdown docs/benchmarks.md   # also rewrite our section
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import multiprocessing
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import shoal
+
+NAME = "bench_persist"
+START, END = f"<!-- {NAME}:start -->", f"<!-- {NAME}:end -->"
+INTRO = """\
+# Benchmarks
+
+Measurements of shoal beside its baselines, each taken in one run on one machine. Every section
+below is written by the script named in it; rerun that command to refresh it. How to run them:
+`benchmarks/README.md`.
+"""
+REPO = Path(__file__).resolve().parent.parent
+KEY = b"bench-persist-authkey-0123456789"
+KEYS = 1000
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
+def _nproc() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _shoal_version() -> str:
+    """The commit the measured shoal comes from, flagged when src/ has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"shoal {shoal.__version__}"
+    return f"shoal {shoal.__version__} at commit {head}" + (
+        " plus uncommitted changes in src/" if dirty else "")
+
+
+def _forget_connections() -> None:
+    from shoal import _client
+    for conn in list(_client._connections.values()):
+        _client.forget_connection(conn)
+
+
+# -- part 1: write throughput ------------------------------------------------------------------
+
+# (row label, how many clients, system kind, its setting)
+WRITE_CASES: list[tuple[str, int, str, str]] = [
+    ("shoal, `fsync=\"always\"`", 1, "shoal", "always"),
+    ("shoal, `fsync=\"always\"`", 4, "shoal", "always"),
+    ("shoal, `fsync=\"everysec\"`", 4, "shoal", "everysec"),
+    ("shoal, `fsync=\"no\"`", 4, "shoal", "no"),
+    ("shoal, no persistence", 4, "shoal", "none"),
+    ("multiprocessing.Manager (memory only)", 4, "Manager", ""),
+    ("SQLite WAL, `synchronous=FULL`", 1, "sqlite", "FULL"),
+    ("SQLite WAL, `synchronous=FULL`", 4, "sqlite", "FULL"),
+    ("SQLite WAL, `synchronous=NORMAL`", 4, "sqlite", "NORMAL"),
+]
+
+
+def _sqlite_open(path: str, sync: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)   # autocommit: a commit a write
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={sync}")
+    return db
+
+
+def _writer(kind: str, handle: Any, wid: int, duration: float, barrier: Any,
+            results: Any) -> None:
+    """One client process: warm up, wait for the others, then write for ``duration`` s."""
+    try:
+        if kind == "sqlite":
+            path, sync = handle
+            db = _sqlite_open(path, sync)
+            stmt = "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)"
+
+            def setf(k: int, v: int) -> None:
+                db.execute(stmt, (k, v))
+            close: Callable[[], None] = db.close
+        else:
+            setf, close = handle.__setitem__, (lambda: None)
+        base = wid * 7919
+        for i in range(100):                              # warm up: connection, caches
+            setf((base + i) % KEYS, i)
+        barrier.wait(timeout=300)
+        clock = time.perf_counter
+        n = 0
+        t0 = clock()
+        end = t0 + duration
+        while True:
+            setf((base + n) % KEYS, n)
+            n += 1
+            if clock() >= end:
+                break
+        elapsed = clock() - t0
+        close()
+        results.put((n, elapsed, None))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
+        with contextlib.suppress(Exception):
+            barrier.abort()
+        results.put((0, 0.0, f"{type(e).__name__}: {e}"))
+
+
+def run_writers(kind: str, handle: Any, nclients: int, duration: float) -> float:
+    """Total writes per second of ``nclients`` processes started together."""
+    barrier = multiprocessing.Barrier(nclients + 1)
+    results: Any = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=_writer, daemon=True,
+                                     args=(kind, handle, i, duration, barrier, results))
+             for i in range(nclients)]
+    for p in procs:
+        p.start()
+    try:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=300)
+        out = [results.get(timeout=duration + 300) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    errors = [e for *_, e in out if e]
+    if errors:
+        raise RuntimeError(errors[0])
+    return sum(n / elapsed for n, elapsed, _ in out)
+
+
+def fsync_latency(directory: str, n: int) -> list[float]:
+    """Seconds per ``os.fsync`` after a 64-byte append, ``n`` times, in ``directory``."""
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 64)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return times
+
+
+# The engines alone, in one thread: what the server's loop would pay per write.
+ENGINE_CASES: list[tuple[str, str, bool]] = [
+    ("shoal journal: encode the record, append it (`os.write`)", "journal", False),
+    ("SQLite WAL, `synchronous=NORMAL`: one autocommitted `INSERT OR REPLACE`", "NORMAL", False),
+    ("shoal journal, and `os.fsync`", "journal", True),
+    ("SQLite WAL, `synchronous=FULL`: one autocommitted `INSERT OR REPLACE`", "FULL", True),
+]
+
+
+def _engine_writer(base: str, engine: str, fsync: bool) -> tuple[Callable[[int], None],
+                                                                   Callable[[], None]]:
+    """(write(i), close) for one engine case, on fresh files in ``base``."""
+    if engine == "journal":
+        from shoal._codec import Codec
+        from shoal._persist import Store
+        directory = tempfile.mkdtemp(dir=base)
+        store = Store(directory, "always" if fsync else "no")
+        store.load()
+        codec = Codec()
+
+        def write(i: int) -> None:
+            # The record a `d[k] = v` request becomes: [0, next id, the request's bytes].
+            request = codec.encode([1, "__setitem__", [i % KEYS, i]])
+            store.append(codec.encode([0, 2, request]))
+            store.commit()
+        return write, store.close
+    fd, path = tempfile.mkstemp(dir=base, suffix=".db")
+    os.close(fd)
+    os.unlink(path)
+    db = _sqlite_open(path, engine)
+    db.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v)")
+    db.executemany("INSERT INTO kv VALUES (?, 0)", ((k,) for k in range(KEYS)))
+    stmt = "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)"
+
+    def sql_write(i: int) -> None:
+        db.execute(stmt, (i % KEYS, i))
+    return sql_write, db.close
+
+
+def engine_cost(base: str, engine: str, fsync: bool, n: int) -> float:
+    """Microseconds per write of one engine case, ``n`` writes after 100 to warm up."""
+    write, close = _engine_writer(base, engine, fsync)
+    try:
+        for i in range(100):
+            write(i)
+        t0 = time.perf_counter()
+        for i in range(n):
+            write(i)
+        return (time.perf_counter() - t0) / n * 1e6
+    finally:
+        close()
+
+
+@contextlib.contextmanager
+def write_systems(base: str) -> Iterator[dict[tuple[str, str], Any]]:
+    """Every system of the writes part, started and prefilled: {(kind, setting): handle}."""
+    with contextlib.ExitStack() as stack:
+        handles: dict[tuple[str, str], Any] = {}
+        for _, _, kind, setting in WRITE_CASES:
+            if (kind, setting) in handles:
+                continue
+            if kind == "shoal":
+                persist = None if setting == "none" else os.path.join(base, f"shoal-{setting}")
+                m = stack.enter_context(shoal.Manager(persist=persist, fsync=setting
+                                                      if persist else "everysec"))
+                d = m.root
+            elif kind == "Manager":
+                d = stack.enter_context(multiprocessing.Manager()).dict()
+            else:
+                path = os.path.join(base, f"sqlite-{setting}.db")
+                db = _sqlite_open(path, setting)
+                db.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v)")
+                db.executemany("INSERT INTO kv VALUES (?, 0)", ((k,) for k in range(KEYS)))
+                db.close()
+                handles[(kind, setting)] = (path, setting)
+                continue
+            d.update({k: 0 for k in range(KEYS)})
+            handles[(kind, setting)] = d
+        yield handles
+
+
+def measure_writes(rounds: int, duration: float, base: str, engine_ops: int
+                   ) -> tuple[dict[int, list[float]], list[float], dict[int, list[float]]]:
+    """({case index: [writes/s per round]}, every fsync latency measured, {engine case index:
+    [µs per write per round]}) over ``rounds``."""
+    res: dict[int, list[float]] = {i: [] for i in range(len(WRITE_CASES))}
+    fsyncs: list[float] = []
+    engines: dict[int, list[float]] = {i: [] for i in range(len(ENGINE_CASES))}
+    with write_systems(base) as handles:
+        order = list(range(len(WRITE_CASES)))
+        for r in range(rounds):
+            fsyncs += fsync_latency(base, 200)
+            for i in (order if r % 2 == 0 else order[::-1]):
+                _, n, kind, setting = WRITE_CASES[i]
+                gc.collect()
+                res[i].append(run_writers(kind, handles[(kind, setting)], n, duration))
+            fsyncs += fsync_latency(base, 200)
+            eorder = list(range(len(ENGINE_CASES)))
+            for i in (eorder if r % 2 == 0 else eorder[::-1]):
+                _, engine, fsync = ENGINE_CASES[i]
+                gc.collect()
+                engines[i].append(engine_cost(base, engine, fsync,
+                                              engine_ops // 20 if fsync else engine_ops))
+            print(f"  writes round {r + 1}/{rounds} done (load {_load()})", file=sys.stderr)
+    return res, fsyncs, engines
+
+
+def engine_table(engines: dict[int, list[float]]) -> str:
+    lines = ["| engine, one thread | µs per write | writes/s |", "| --- | ---: | ---: |"]
+    for i, (label, _, _) in enumerate(ENGINE_CASES):
+        us = statistics.median(engines[i])
+        lines.append(f"| {label} | {us:,.1f} | {1e6 / us:,.0f} |")
+    return "\n".join(lines)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def writes_table(res: dict[int, list[float]], fsyncs: list[float]) -> tuple[str, str]:
+    """(the table, the lines comparing it with the goals)."""
+    med = {i: statistics.median(v) for i, v in res.items()}
+    fs = statistics.median(fsyncs)
+    ceiling = 1 / fs
+
+    def find(kind: str, setting: str, n: int) -> float:
+        return next(med[i] for i, c in enumerate(WRITE_CASES) if c[1:] == (n, kind, setting))
+
+    none4 = find("shoal", "none", 4)
+    lines = ["| system | clients | writes/s | µs per write | vs shoal without persistence |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for i, (label, n, kind, setting) in enumerate(WRITE_CASES):
+        w = med[i]
+        lines.append(f"| {label} | {n} | {w:,.0f} | {1e6 / w:,.1f} | {w / none4:.2f}× |")
+    lines.append(f"| one `os.fsync` per write (1 / median fsync latency) | — | {ceiling:,.0f} | "
+                 f"{fs * 1e6:,.1f} | {ceiling / none4:.2f}× |")
+    always1, always4 = find("shoal", "always", 1), find("shoal", "always", 4)
+    everysec, no = find("shoal", "everysec", 4), find("shoal", "no", 4)
+    sqlite4 = find("sqlite", "FULL", 4)
+    goals = [
+        (f"- Raw `os.fsync` of a 64-byte append in the same directory: median "
+         f"{fs * 1e6:,.0f} µs, p90 {_pct(fsyncs, 0.9) * 1e6:,.0f} µs ({len(fsyncs)} samples "
+         f"spread over the rounds)."),
+        (f"- Group commit (goal: 4 clients with `always` many times one fsync per write): 4 "
+         f"clients write {always4:,.0f}/s, {always4 / always1:.2f}× one client with `always` "
+         f"({always1:,.0f}/s) and {always4 / ceiling:.2f}× one fsync per write "
+         f"({ceiling:,.0f}/s)."),
+        (f"- `everysec` beside no persistence (goal: within 1.5×): {none4 / everysec:.2f}× "
+         f"slower; `no`: {none4 / no:.2f}× slower."),
+        (f"- The alternative engine: SQLite in WAL mode with `synchronous=FULL`, 4 writers: "
+         f"{sqlite4:,.0f}/s; shoal with `always` writes {always4 / sqlite4:.2f}× as many; "
+         f"with `synchronous=NORMAL` (no fsync per commit): "
+         f"{find('sqlite', 'NORMAL', 4):,.0f}/s, against shoal with `everysec` "
+         f"{everysec:,.0f}/s."),
+    ]
+    return "\n".join(lines), "\n".join(goals)
+
+
+def part_writes(args: argparse.Namespace) -> str:
+    load = _load()
+    with tempfile.TemporaryDirectory(prefix="bench-persist-", dir=args.dir) as base:
+        res, fsyncs, engines = measure_writes(args.rounds, args.duration, base, args.engine_ops)
+    tbl, goals = writes_table(res, fsyncs)
+    return f"""### Write throughput under each fsync policy
+
+`d[k] = v` on 1,000 int keys with int values, from client processes started together (each
+warms up with 100 writes, then writes for {args.duration:g} s after a barrier); writes/s is the
+sum over clients of each client's writes over its own run time, median over
+{args.rounds} round{'s' * (args.rounds != 1)} with the cases interleaved. shoal writes into
+`m.root` of `shoal.Manager(persist=DIR, fsync=…)`; SQLite runs one autocommitted `INSERT OR
+REPLACE INTO kv (k, v)` per write on one WAL-mode file (each writer its own connection, busy
+timeout 60 s); Manager is `multiprocessing.Manager().dict()`, with no persistence.
+
+{tbl}
+
+{goals}
+
+The engines alone, without a client or a socket: one thread writes the same `d[k] = v` into
+shoal's journal (`shoal._persist.Store`: the record encoded, framed and appended with one
+`os.write`, as the server does for each commit) and into SQLite (WAL mode, autocommit), which is
+what each would cost the server's loop per write. {args.engine_ops:,} writes per round without
+fsync, {args.engine_ops // 20:,} with; medians over the rounds.
+
+{engine_table(engines)}
+
+{_produced(args, load)}"""
+
+
+# -- part 2: restart time ----------------------------------------------------------------------
+
+def _serve_cmd(directory: str, keyfile: str) -> list[str]:
+    return [sys.executable, "-m", "shoal", "serve", "--address", "127.0.0.1:0",
+            "--authkey-file", keyfile, "--persist", directory, "--fsync", "no"]
+
+
+def time_restart(directory: str, keyfile: str, expect: int | None) -> float:
+    """Seconds from launching ``shoal serve`` on ``directory`` to its first line; checks the
+    root's size when ``expect`` is given (after the timing)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(_serve_cmd(directory, keyfile), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        took = time.perf_counter() - t0
+        if not line.startswith("shoal serving on "):
+            raise RuntimeError(f"shoal serve on {directory} did not start: {line!r}")
+        if expect is not None:
+            m = shoal.connect(line.split()[-1], authkey=KEY)
+            got = len(m.root)
+            _forget_connections()
+            if got != expect:
+                raise RuntimeError(f"restarted with {got:,} keys, not {expect:,}")
+    finally:
+        # SIGKILL: nothing was written, and a SIGTERM that comes before the loop runs is lost.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+        if proc.stdout:
+            proc.stdout.close()
+    return took
+
+
+def _prepare(directory: str, keys: int, how: str, out: Any) -> None:
+    """Fill ``directory`` with ``keys`` int keys in the root (run in a child process); put
+    into ``out`` how long ``server.compact()`` took (None when not called)."""
+    from shoal._server import Server
+    srv = Server(None, KEY, persist=directory, fsync="no")
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    root = shoal.connect(srv.address, authkey=KEY).root
+    if how == "single":
+        step = 100_000
+        for lo in range(0, keys, step):
+            with shoal.pipeline(root) as p:
+                for k in range(lo, min(lo + step, keys)):
+                    p[k] = k
+    else:
+        for lo in range(0, keys, 10_000):
+            root.update({k: k for k in range(lo, min(lo + 10_000, keys))})
+    assert len(root) == keys
+    _forget_connections()
+    took = None
+    if how == "snapshot":
+        done = threading.Event()
+
+        def compact() -> None:
+            nonlocal took
+            t0 = time.perf_counter()
+            srv.compact()
+            took = time.perf_counter() - t0
+            done.set()
+        srv.loop.call_soon_threadsafe(compact)
+        done.wait(600)
+    out.put(took)
+    srv.loop.call_soon_threadsafe(srv.stop)
+    t.join(600)
+
+
+RESTART_CASES = [
+    ("empty directory (interpreter, import, listen)", "empty"),
+    ("{keys} keys in the journal (`root.update`, chunks of 10,000)", "journal"),
+    ("{keys} keys in a snapshot (after `server.compact()`)", "snapshot"),
+    ("{keys} keys written one `root[k] = v` at a time (pipelined)", "single"),
+]
+
+
+def _sizes(directory: str) -> str:
+    snap = os.path.join(directory, "snapshot")
+    journals = [f for f in os.listdir(directory) if f.startswith("journal.")]
+    js = sum(os.path.getsize(os.path.join(directory, f)) for f in journals)
+    ss = os.path.getsize(snap) if os.path.exists(snap) else 0
+    return f"{ss / 1e6:,.1f} MB | {js / 1e6:,.1f} MB"
+
+
+def part_restart(args: argparse.Namespace) -> str:
+    load = _load()
+    keys = args.keys
+    with tempfile.TemporaryDirectory(prefix="bench-persist-", dir=args.dir) as base:
+        keyfile = os.path.join(base, "key")
+        with open(keyfile, "wb") as f:
+            f.write(KEY)
+        os.chmod(keyfile, 0o600)
+        dirs = {how: os.path.join(base, how) for _, how in RESTART_CASES}
+        os.makedirs(dirs["empty"])
+        prep_time = {}
+        compact_s = 0.0
+        for how in ("journal", "snapshot", "single"):
+            t0 = time.perf_counter()
+            out: Any = multiprocessing.Queue()
+            p = multiprocessing.Process(target=_prepare, args=(dirs[how], keys, how, out))
+            p.start()
+            took = out.get(timeout=1800)
+            p.join()
+            compact_s = took if took is not None else compact_s
+            if p.exitcode != 0:
+                raise RuntimeError(f"preparing the {how} case failed ({p.exitcode})")
+            prep_time[how] = time.perf_counter() - t0
+            print(f"  prepared {how} in {prep_time[how]:.1f} s", file=sys.stderr)
+        sizes = {how: _sizes(d) for how, d in dirs.items()}
+        times: dict[str, list[float]] = {how: [] for _, how in RESTART_CASES}
+        for _, how in RESTART_CASES:                      # checks the contents, warms the cache
+            time_restart(dirs[how], keyfile, 0 if how == "empty" else keys)
+        order = [how for _, how in RESTART_CASES]
+        for r in range(args.rounds):
+            for how in (order if r % 2 == 0 else order[::-1]):
+                gc.collect()
+                times[how].append(time_restart(dirs[how], keyfile, None))
+            print(f"  restart round {r + 1}/{args.rounds} done (load {_load()})",
+                  file=sys.stderr)
+    empty = statistics.median(times["empty"])
+    lines = [("| what the directory holds | snapshot | journal | restart s (median) | "
+              "min – max | less the empty start |"), "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for label, how in RESTART_CASES:
+        t = times[how]
+        med = statistics.median(t)
+        extra = "—" if how == "empty" else f"{med - empty:.2f} s"
+        lines.append(f"| {label.format(keys=f'{keys:,}')} | {sizes[how]} | {med:.2f} | "
+                     f"{min(t):.2f} – {max(t):.2f} | {extra} |")
+    return f"""### Restart time
+
+Seconds from launching `python -m shoal serve --persist DIR` to its "serving on" line (the
+snapshot loaded and the journal replayed), median over {args.rounds} round{'s' * (args.rounds != 1)}
+with the cases interleaved; each directory was written beforehand by a server in a child
+process, and each was started once, untimed, to check that it holds all {keys:,} keys (so the
+files are in the page cache: these are warm restarts). Keys and values are ints;
+`multiprocessing.Manager` has nothing to restart from, so it has no row.
+
+{chr(10).join(lines)}
+
+Writing the snapshot of {keys:,} keys (`server.compact()`, which runs in the server's loop, so
+requests wait meanwhile) took {compact_s:.2f} s.
+
+{_produced(args, load)}"""
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+def _produced(args: argparse.Namespace, load: str) -> str:
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    return (f"Produced by `{args.command}` on {today}, {_shoal_version()}.\n"
+            f"Machine: nproc {_nproc()}, {platform.system()} {platform.machine()}, Python "
+            f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}; 1-minute load "
+            f"average {load} before this part and {_load()} after it.")
+
+
+PARTS = ("writes", "restart")
+
+
+def section(parts: dict[str, str]) -> str:
+    body = "\n\n".join(f"<!-- {NAME}:part {p} -->\n{parts[p]}\n<!-- {NAME}:part-end {p} -->"
+                       for p in PARTS if p in parts)
+    return f"""{START}
+## Durability: fsync policies, restart time, SQLite beside
+
+What `persist=DIR` costs (`benchmarks/bench_persist.py`; each part states the command and the
+date it was produced, and can be refreshed on its own). Why the engine is a snapshot plus an
+append-only journal: `docs/durability.md`.
+
+{body}
+{END}"""
+
+
+def _kept_parts(mine: str) -> dict[str, str]:
+    kept = {}
+    for p in PARTS:
+        a, b = f"<!-- {NAME}:part {p} -->\n", f"\n<!-- {NAME}:part-end {p} -->"
+        if a in mine and b in mine:
+            kept[p] = mine.split(a, 1)[1].split(b, 1)[0]
+    return kept
+
+
+def write_markdown(path: Path, parts: dict[str, str]) -> None:
+    """Replace our section of ``path`` (read just now: other scripts write other sections);
+    parts not run this time keep their previous text."""
+    old = path.read_text(encoding="utf-8") if path.exists() else INTRO
+    if START in old and END in old:
+        head, rest = old.split(START, 1)
+        mine, tail = rest.split(END, 1)
+        new = head + section({**_kept_parts(mine), **parts}) + tail
+    else:
+        new = old.rstrip("\n") + "\n\n" + section(parts) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new, encoding="utf-8")
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return path.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Write throughput under each fsync policy (beside no persistence, "
+                    "multiprocessing.Manager and SQLite in WAL mode) and restart time for "
+                    "1,000,000 keys. With no part selected, both run.",
+        epilog="example: python benchmarks/bench_persist.py --markdown docs/benchmarks.md")
+    parser.add_argument("--writes", action="store_true", help="run the write-throughput part")
+    parser.add_argument("--restart", action="store_true", help="run the restart-time part")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 2 rounds, 0.5 s writes, 100,000 keys")
+    parser.add_argument("--rounds", type=int, help="rounds per part (default 5, 2 with --quick)")
+    parser.add_argument("--duration", type=float,
+                        help="seconds each writer runs (default 2, 0.5 with --quick)")
+    parser.add_argument("--keys", type=int,
+                        help="keys in the restart part (default 1000000, 100000 with --quick)")
+    parser.add_argument("--engine-ops", type=int,
+                        help="writes per round in the engines-alone table (default 20000, 4000"
+                             " with --quick; a twentieth of it for the cases that fsync)")
+    parser.add_argument("--dir", metavar="DIR",
+                        help="where the data files go (default: the temporary directory); "
+                             "put it on the disk you want measured")
+    parser.add_argument("--markdown", type=Path, metavar="FILE",
+                        help="also rewrite this script's section of FILE (e.g. docs/benchmarks.md);"
+                             " a part not run keeps its previous text")
+    args = parser.parse_args(argv)
+    q = args.quick
+    chosen = [p for p in PARTS if getattr(args, p)] or list(PARTS)
+    args.rounds = args.rounds or (2 if q else 5)
+    args.duration = args.duration or (0.5 if q else 2.0)
+    args.keys = args.keys or (100_000 if q else 1_000_000)
+    args.engine_ops = args.engine_ops or (4_000 if q else 20_000)
+
+    words: list[str] = []
+    rest = iter(argv if argv is not None else sys.argv[1:])
+    for a in rest:
+        opt, eq, _ = a.partition("=")
+        if opt in ("--markdown", "--dir"):
+            if not eq:
+                next(rest, None)
+            if opt == "--markdown":
+                words.append(f"--markdown {_shown_path(args.markdown)}")
+        else:
+            words.append(a)
+    args.command = " ".join(["python benchmarks/bench_persist.py", *words])
+
+    runners = {"writes": part_writes, "restart": part_restart}
+    parts: dict[str, str] = {}
+    for p in chosen:
+        print(f"== {p} (load {_load()})", file=sys.stderr)
+        parts[p] = runners[p](args)
+        print(parts[p] + "\n", flush=True)
+    if args.markdown:
+        write_markdown(args.markdown, parts)
+        print(f"wrote the {NAME} section of {args.markdown}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
