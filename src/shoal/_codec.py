@@ -24,6 +24,7 @@ Native: None, bool, int (64-bit), float, str, bytes, list, dict (any hashable ke
 from __future__ import annotations
 
 import pickle
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -89,7 +90,7 @@ class Codec:
         self._pickle_unknown = pickle_unknown
         self._tuples_as_lists = tuples_as_lists
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
-        self._depth = 0
+        self._local = threading.local()
 
     def encode(self, obj: Any) -> bytes:
         """Encode one value. Not thread-safe: the caller serialises use of one Codec."""
@@ -142,13 +143,15 @@ class Codec:
     def _ext_hook(self, code: int, data: bytes) -> Any:
         # Extension values nest through this hook (and msgpack's C code): bound the depth so a
         # hostile value cannot exhaust the C stack.
-        self._depth += 1
+        local = self._local             # per thread: one codec decodes in many threads
+        depth = getattr(local, "depth", 0) + 1
+        if depth > MAX_EXT_DEPTH:
+            raise ValueError(f"value nested deeper than {MAX_EXT_DEPTH} tuples/sets")
+        local.depth = depth
         try:
-            if self._depth > MAX_EXT_DEPTH:
-                raise ValueError(f"value nested deeper than {MAX_EXT_DEPTH} tuples/sets")
             return self._ext_value(code, data)
         finally:
-            self._depth -= 1
+            local.depth = depth - 1
 
     def _ext_value(self, code: int, data: bytes) -> Any:
         if code == TUPLE:

@@ -59,7 +59,7 @@ class Loop:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.add(self._wake_r, READ, self._drain_wakeups)
-        self.running = False
+        self.running = True      # until stop(), even one that comes before run()
 
     def add(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
         self._handlers[fd] = handler
@@ -100,7 +100,6 @@ class Loop:
             pass
 
     def run(self) -> None:
-        self.running = True
         handlers, timers, calls, after = self._handlers, self._timers, self._calls, self._after
         poll = self._poller.poll
         while self.running:

@@ -85,20 +85,32 @@ def read_records(path: str, tolerate_torn_tail: bool) -> tuple[list[bytes], int]
             break                                    # a header cut short
         length, crc = FRAME.unpack_from(data, pos)
         end = pos + FRAME.size + length
-        if end > n:
-            break                                    # a body cut short
         body = data[pos + FRAME.size:end]
-        if zlib.crc32(body) != crc:
-            if end == n and tolerate_torn_tail:
-                break                                # the last write was torn
-            raise CorruptStore(f"{path}: record at offset {pos} is damaged (checksum mismatch);"
-                               f" the server will not start on it, and has changed nothing")
+        if end > n or length == 0 or zlib.crc32(body) != crc:
+            # A torn last write leaves a cut-short or garbled record with nothing whole after
+            # it (zeros included); a whole record further on means damage in the middle.
+            if tolerate_torn_tail and not _whole_record_after(data, pos + 1):
+                break
+            raise CorruptStore(f"{path}: record at offset {pos} is damaged (bad length or "
+                               f"checksum); the server will not start on it, and has changed "
+                               f"nothing")
         bodies.append(body)
         pos = end
     if pos < n and not tolerate_torn_tail:
         raise CorruptStore(f"{path}: cut short at offset {pos}; the server will not start on "
                            f"it, and has changed nothing")
     return bodies, pos
+
+
+def _whole_record_after(data: bytes, start: int, limit: int = 1 << 20) -> bool:
+    """Is there a whole, valid record starting anywhere in ``data[start:]`` (first MiB)?"""
+    n = len(data)
+    for pos in range(start, min(n - FRAME.size, start + limit) + 1):
+        length, crc = FRAME.unpack_from(data, pos)
+        end = pos + FRAME.size + length
+        if 0 < length and end <= n and zlib.crc32(data[pos + FRAME.size:end]) == crc:
+            return True
+    return False
 
 
 class Store:
@@ -165,6 +177,13 @@ class Store:
                     os.fsync(f.fileno())
             records = bodies[1:]
         self._open_journal(self.gen)
+        for name in os.listdir(self.dir):   # journals older than the snapshot (a crash
+            if name.startswith("journal.") and name != f"journal.{self.gen}":   # between
+                try:                        # renaming it and removing them)
+                    if int(name.split(".", 1)[1]) < self.gen:
+                        os.unlink(os.path.join(self.dir, name))
+                except (ValueError, OSError):
+                    pass
         return snap, records
 
     def _journal_path(self, gen: int) -> str:
@@ -180,9 +199,10 @@ class Store:
             os.write(fd, header)
             os.fsync(fd)
             self._fsync_dir()
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = fd
+        with self._sync_lock:           # the everysec thread must not fsync a closed fd
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = fd
         self.gen = gen
         self.journal_size = os.path.getsize(path)
         if self.fsync == "everysec" and self._syncer is None:

@@ -206,10 +206,11 @@ class Conn:
             del buf[:pos]
         elif pos < n:
             buf += data[pos:]
-        server = self.server
-        if server.held:
-            server.commit()          # writes reach the journal before their replies go out
-        if self.out:
+        if self.server.held:
+            # Writes wait for the journal: every reply of this turn goes out after one commit
+            # at its end (group commit), so none shows a write that is not yet on disk.
+            self.mark_dirty()
+        elif self.out:
             self.flush()
 
     def _authenticate(self) -> bool:
@@ -345,6 +346,7 @@ class Server:
         self.handshake_timeout = handshake_timeout
         self.max_frame = max_frame
         self.max_connections = max_connections
+        self.max_unauthenticated = max(1, min(1024, max_connections // 2))
         self.tls = tls
         self.loop = Loop()
         self.loop.after_each_turn(self._flush_dirty)
@@ -651,6 +653,9 @@ class Server:
                         elif q.items:  # type: ignore[attr-defined]
                             q.items.popleft()  # type: ignore[attr-defined]
                 replayed += 1
+            for obj in keep:                 # task_done is not journaled: count what is left
+                if getattr(obj, "joinable", False):
+                    obj.unfinished = len(obj.items)  # type: ignore[attr-defined]
             log.info("restored %d objects from the snapshot and %d journal records",
                      len(states), replayed)
         finally:
@@ -718,12 +723,23 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                log.warning("accept failed: %s", e)
+                # Out of file descriptors (or memory): the listener stays readable, so stop
+                # listening for a moment instead of spinning on it.
+                log.warning("accept failed: %s; not accepting for 0.1 s", e)
+                fd = self.listener.fileno()
+                self.loop.remove(fd)
+                self.loop.call_later(0.1, lambda: self.loop.add(fd, READ, self._accept))
                 return
             if len(self.conns) >= self.max_connections:
                 log.warning("refused a connection: already %d (max_connections)", len(self.conns))
                 sock.close()
                 continue
+            # Peers that have not authenticated may hold only so many places: past that, the
+            # oldest of them makes room, so they cannot keep key holders out.
+            pending = [c for c in self.conns if not c.authed] \
+                if len(self.conns) >= self.max_unauthenticated else ()
+            if len(pending) >= self.max_unauthenticated:
+                min(pending, key=lambda c: c.since).close()
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

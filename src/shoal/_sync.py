@@ -214,7 +214,7 @@ class SLock(SyncObject):
         return self.owner == (self.server.current, tid)
 
     @op("_state")
-    def state(self) -> list[Any]:
+    def wire_state(self) -> list[Any]:
         pid = self.owner[0].pid if self.owner and self.owner[0] is not None else None
         return [pid, self.count, len(self.waiters)]
 
@@ -421,13 +421,13 @@ class SEvent(SyncObject):
     def is_set(self) -> bool:
         return self.flag
 
-    @op("set")
+    @op("set", write=True)
     def set(self) -> None:
         self.flag = True
         while self.waiters:
             self.waiters.popleft().answer(True)
 
-    @op("clear")
+    @op("clear", write=True)
     def clear(self) -> None:
         self.flag = False
 
@@ -530,7 +530,7 @@ class SBarrier(SyncObject):
         self.broken = False
 
     @op("_state")
-    def state(self) -> list[Any]:
+    def wire_state(self) -> list[Any]:
         return [self.parties, len(self.waiters), self.broken]
 
     def inspect(self) -> dict[str, Any]:
