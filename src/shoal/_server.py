@@ -85,6 +85,7 @@ class Conn:
         self.closed = False
         self.clean = False        # the client said goodbye: it ended normally
         self.dirty = False
+        self.paused = False       # its replies are over the limit: not read until they are out
         self.events = READ
         self.involved: weakref.WeakSet[Any] = weakref.WeakSet()  # sync objects it holds or waits on
         self.pid: int | None = None
@@ -160,7 +161,12 @@ class Conn:
             return
         if events & WRITE:
             self.flush()
-            if not events & ~WRITE or self.closed:
+            if self.closed:
+                return
+            if self.paused and self.pending is None:
+                self.paused = False           # the replies are out: run what waited
+                self._run(b"")
+            if not events & ~WRITE or self.paused or self.closed:
                 return
         try:
             data: Any = self.sock.recv(65536)
@@ -176,18 +182,25 @@ class Conn:
         if not data:
             self.close()
             return
+        self._run(data)
+
+    def _run(self, data: Any) -> None:
+        """The hot path: parse every whole frame that has arrived, run each request, then write
+        all their replies at once. Past _OUT_HIGH bytes of replies it stops, writes them, and
+        reads no more from this client until they are out (one that does not read its replies
+        cannot make the server buffer without bound)."""
         buf = self.inbuf
         if buf or not self.authed:
             buf += data
             data = buf
             if not self.authed and not self._authenticate():
                 return
-        # The hot path: parse every whole frame in what arrived, run each request, then write
-        # all their replies at once.
         n = len(data)
         pos = 0
         handle = self.server.handle
         max_frame = self.server.max_frame
+        out = self.out
+        count, size = len(out), 0
         while n - pos >= 8:
             length, rid = HEADER.unpack_from(data, pos)
             if length > max_frame:
@@ -202,10 +215,27 @@ class Conn:
             pos = end
             if self.closed:
                 return
+            if len(out) != count:
+                count = len(out)
+                size += len(out[-1])
+                if size > _OUT_HIGH:
+                    self.paused = True
+                    break
         if data is buf:
             del buf[:pos]
         elif pos < n:
             buf += data[pos:]
+        if self.paused:
+            self.flush()
+            if self.closed:
+                return
+            if self.pending is None:          # all written at once: go on
+                self.paused = False
+                if len(self.inbuf) >= 8:
+                    self._run(b"")
+            else:
+                self._want(WRITE)
+            return
         if self.server.held:
             # Writes wait for the journal: every reply of this turn goes out after one commit
             # at its end (group commit), so none shows a write that is not yet on disk.
@@ -298,7 +328,7 @@ class Conn:
         if sent < len(data):
             self.pending = memoryview(data)[sent:]
             # Stop reading from a client that does not read its replies.
-            want = WRITE if len(self.pending) > _OUT_HIGH else READ | WRITE
+            want = WRITE if self.paused or len(self.pending) > _OUT_HIGH else READ | WRITE
         else:
             want = READ
         self._want(want)
