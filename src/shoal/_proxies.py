@@ -200,18 +200,11 @@ class ObjectLockContext:
 class DictProxy(BaseProxy, MutableMapping[Any, Any]):
     """A shared dict. Also: ``incr``, ``cas`` and ``get_many``, each one atomic round trip."""
 
-    # The two hottest calls skip ``_call``'s extra frame and tuple.
     def __getitem__(self, key: Any) -> Any:
-        conn = self._conn
-        if conn.closed:
-            conn = self._reconnect()
-        return conn.call(self._id, "__getitem__", [key])
+        return self._call("__getitem__", key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        conn = self._conn
-        if conn.closed:
-            conn = self._reconnect()
-        conn.call(self._id, "__setitem__", [key, value])
+        self._call("__setitem__", key, value)
 
     def __delitem__(self, key: Any) -> None:
         self._call("__delitem__", key)
