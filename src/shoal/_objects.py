@@ -29,6 +29,7 @@ class NoSuchMethod(Exception):
     """A call named a method the object does not have or does not expose (a RemoteError in the
     client, as in multiprocessing)."""
 _LEAF = frozenset({int, str, float, bool, bytes, type(None)})
+_NESTABLE = frozenset({dict, list})
 
 
 def op(*names: str, write: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -157,9 +158,12 @@ def plain(v: Any, active: set[int] | None = None) -> Any:
         finally:
             active.discard(v.oid)
     if t is dict:
-        return {k: plain(x, active) for k, x in v.items()}
+        # Leaves are copied as they are, without a call each (bulk copies of big dicts).
+        leaf = _LEAF
+        return {k: x if type(x) in leaf else plain(x, active) for k, x in v.items()}
     if t is list:
-        return [plain(x, active) for x in v]
+        leaf = _LEAF
+        return [x if type(x) in leaf else plain(x, active) for x in v]
     if t is tuple:
         return tuple(plain(x, active) for x in v)
     return v
@@ -268,6 +272,13 @@ class SDict(Shared):
         share = self.server.share
         if isinstance(other, SDict):
             other = other.data
+        if type(other) is dict and not kw:
+            # The bulk path: only nested plain containers need work, the rest goes as it is.
+            if not _NESTABLE.isdisjoint(map(type, other.values())):
+                other = {k: share(v, self) if type(v) in _NESTABLE else v
+                         for k, v in other.items()}
+            self.data.update(other)
+            return
         if isinstance(other, dict):
             pairs: Iterable[Any] = other.items()
         else:
