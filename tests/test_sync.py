@@ -26,8 +26,6 @@ LATE = 0.05          # s: how late a timeout or a wake-up may be
 DEAD_FREE = 1.0      # s: how soon what a killed process held must be free again
 CTX = multiprocessing.get_context()
 
-needs_locked = pytest.mark.skipif(not hasattr(shoal.DictProxy, "locked"),
-                                  reason="d.locked() is not in this version of shoal")
 
 
 # -- workers for child processes (module level, so spawn and forkserver can import them) --------
@@ -942,7 +940,6 @@ def test_four_processes_lose_no_update(m: shoal.SyncManager, worker: Any) -> Non
 
 
 @pytest.mark.timeout(60)
-@needs_locked
 def test_four_processes_lose_no_update_with_locked(m: shoal.SyncManager) -> None:
     d = m.dict()
     procs = [start(_locked_many, d, 500) for _ in range(4)]
@@ -999,7 +996,6 @@ def test_blocked_acquire_does_not_block_other_threads(m: shoal.SyncManager) -> N
 # -- d.locked() -----------------------------------------------------------------------------------
 
 @pytest.mark.timeout(20)
-@needs_locked
 def test_locked_excludes_other_clients_from_the_object_and_its_nested(
         m: shoal.SyncManager) -> None:
     d, other = m.dict(), m.dict()
@@ -1020,7 +1016,6 @@ def test_locked_excludes_other_clients_from_the_object_and_its_nested(
 
 
 @pytest.mark.timeout(20)
-@needs_locked
 def test_locked_on_a_list_excludes_other_clients(m: shoal.SyncManager) -> None:
     d = m.dict()
     d["l"] = [0]                                       # made nested in d: covered by d's lock
@@ -1038,7 +1033,6 @@ def test_locked_on_a_list_excludes_other_clients(m: shoal.SyncManager) -> None:
 
 
 @pytest.mark.timeout(10)
-@needs_locked
 def test_locked_is_reentrant_for_its_holder(m: shoal.SyncManager) -> None:
     d = m.dict()
     d["sub"] = {}
@@ -1053,7 +1047,6 @@ def test_locked_is_reentrant_for_its_holder(m: shoal.SyncManager) -> None:
 
 
 @pytest.mark.timeout(20)
-@needs_locked
 def test_locked_holder_killed_releases_it(m: shoal.SyncManager) -> None:
     d = m.dict()
     ready = CTX.Event()
@@ -1073,7 +1066,6 @@ def test_locked_holder_killed_releases_it(m: shoal.SyncManager) -> None:
 
 
 @pytest.mark.timeout(20)
-@needs_locked
 def test_locked_on_a_container_waits_for_a_lock_held_inside_it(m: shoal.SyncManager) -> None:
     d = m.dict()
     d["sub"] = {}
