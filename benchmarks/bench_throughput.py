@@ -454,6 +454,12 @@ def part_profile(args: argparse.Namespace, sysmap: dict[str, Any]) -> str:
         cpu_lines.append(f"| {name} | {ops:,.0f} | {u:.0%} | {s:.0%} | {u + s:.0%} | "
                          f"{(u + s) / ops * 1e6:.1f} | {ccpu * 1e6:.1f} |")
     cpu_tbl = "\n".join(cpu_lines)
+    sh_ops, sh_u, sh_s, sh_c = cpu["shoal"]
+    srv_us, cli_us = (sh_u + sh_s) / sh_ops * 1e6, sh_c * 1e6
+    cap, goal = _nproc() * 1e6 / (srv_us + cli_us), 3 * cpu["Manager"][0]
+    ceiling = (f"{_nproc()} CPU-seconds per second over ({srv_us:.0f} + {cli_us:.0f}) µs per op is "
+               f"about {cap:,.0f} ops/s, {'below' if cap < goal else 'above'} 3× Manager's "
+               f"4-client figure ({goal:,.0f})")
 
     if pyspy is None:
         prof = "py-spy: skipped: py-spy not installed (pip install py-spy)."
@@ -482,34 +488,34 @@ The throughput load above (4 client processes, set/get alternating) run against 
 100 % is one core); CPU µs per op are CPU time / client ops, for the server and for the clients
 (each client's `time.process_time()` over its run, summed). Then
 the shoal server is sampled with `py-spy record --idle --rate 200 --format raw` for {int(pdur)} s
-under the same load (py-spy pauses the process at each sample, so ops/s is a little lower while
-it runs).
+under the same load (py-spy stops the process at each sample, so ops/s is lower while it
+runs).
 
 {cpu_tbl}
 
 {prof}
 
-{PROFILE_READING}
+{PROFILE_READING.format(ceiling=ceiling)}
 
 {_produced(args, load)}"""
 
 
 # Written from the tables as measured on 2026-11-26 (shoal at commit 5a5a485); rerunning the
-# script refreshes the numbers, not this reading: rewrite it when the profile changes.
+# script refreshes the numbers and the ceiling, not the rest: rewrite it when the profile changes.
 PROFILE_READING = """\
-**What the profile showed.** Under 4 clients the shoal server is not saturated: it uses about
-two thirds of one core, and more of that in the kernel than in Python. py-spy puts about 70 % of
-its samples on two lines, the `send` in `Conn.flush` and the `recv` in `Conn.on_event`, and about
-15 % on `epoll` (mostly waiting); all the Python work of a request (parsing the frame, decoding,
-dispatch, the dict operation, encoding, framing the reply: `Server.handle`, `Codec.decode` and
-`encode`) is only 10-15 %, msgpack itself about 3 %. Each client has one request in flight, so
-each `recv` brings one request and each `send` carries one reply (and wakes a client): the
-batching in `Conn.on_event` has nothing to batch. The clients spend more CPU per operation than
-the server (see the table), and on this 2-CPU machine the two together set the ceiling: 2
-CPU-seconds per second over (17 + 25) µs per op is about 47,000 ops/s, below 3× Manager's
-4-client figure (about 57,000) in the run this was written from. So trimming Python from the server's dispatch would gain little; what raises
-throughput is fewer system calls per operation on both sides: pipelines and bulk calls (many
-requests per `recv` and replies per `send`), and a cheaper client call path."""
+**What the profile showed.** Under 4 clients the shoal server is not saturated: it uses two
+thirds to three quarters of one core, half of that or more in the kernel. py-spy puts about 70 %
+of its samples on two lines, the `send` in `Conn.flush` and the `recv` in `Conn.on_event`, and
+about 15 % on `epoll` (mostly waiting); all the Python work of a request (parsing the frame,
+decoding, dispatch, the dict operation, encoding, framing the reply: `Server.handle`,
+`Codec.decode` and `encode`) is only 10-15 %, msgpack itself about 3 %. Each client has one
+request in flight, so each `recv` brings one request and each `send` carries one reply (and
+wakes a client): the batching in `Conn.on_event` has nothing to batch. The clients spend about
+as much CPU per operation as the server or more (see the table), and on this 2-CPU machine the
+two together set the ceiling: {ceiling}. So trimming Python from the server's dispatch would
+gain little; what raises throughput is fewer system calls per operation on both sides:
+pipelines and bulk calls (many requests per `recv` and replies per `send`), and a cheaper client
+call path."""
 
 
 def _profile_tables(raw: Path, ops: float) -> str:
