@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from array import array
@@ -408,17 +409,26 @@ def _source_of(frame: str) -> str:
                              int(m.group(2))).strip()
 
 
+CATEGORIES = {
+    "recv": "`recv` (reading requests)",
+    "send": "`send` (writing replies)",
+    "poll": "`epoll` (waiting for requests)",
+    "codec": "codec (msgpack)",
+    "python": "other Python code (parsing frames, dispatch, the dict operation, replies)",
+}
+
+
 def _category(frame: str) -> str:
     src = _source_of(frame)
-    if "recv(" in src:
+    if "recv(" in src or "recv_into(" in src:
         return "recv"
-    if ".send(" in src or "sendall(" in src:
+    if ".send(" in src or "sendall(" in src or "sendmsg(" in src:
         return "send"
     if "poll(" in src:
-        return "poll (waiting for requests)"
+        return "poll"
     if "_codec.py" in frame:
-        return "codec (msgpack)"
-    return "other Python code (parsing frames, dispatch, the dict operation, replies)"
+        return "codec"
+    return "python"
 
 
 def part_profile(args: argparse.Namespace, sysmap: dict[str, Any]) -> str:
@@ -457,9 +467,10 @@ def part_profile(args: argparse.Namespace, sysmap: dict[str, Any]) -> str:
     sh_ops, sh_u, sh_s, sh_c = cpu["shoal"]
     srv_us, cli_us = (sh_u + sh_s) / sh_ops * 1e6, sh_c * 1e6
     cap, goal = _nproc() * 1e6 / (srv_us + cli_us), 3 * cpu["Manager"][0]
-    ceiling = (f"{_nproc()} CPU-seconds per second over ({srv_us:.0f} + {cli_us:.0f}) µs per op is "
-               f"about {cap:,.0f} ops/s, {'below' if cap < goal else 'above'} 3× Manager's "
-               f"4-client figure ({goal:,.0f})")
+    reading = [
+        f"**What the profile showed.** Under 4 clients the shoal server "
+        f"{'is close to saturated' if sh_u + sh_s >= 0.9 else 'is not saturated'}: it uses "
+        f"{sh_u + sh_s:.0%} of one core, {sh_s / (sh_u + sh_s):.0%} of that in the kernel."]
 
     if pyspy is None:
         prof = "py-spy: skipped: py-spy not installed (pip install py-spy)."
@@ -478,9 +489,20 @@ def part_profile(args: argparse.Namespace, sysmap: dict[str, Any]) -> str:
             if proc.returncode != 0 or not raw.exists():
                 prof = f"py-spy: skipped: py-spy failed ({proc.stderr.strip()[-300:]})."
             else:
-                prof = _profile_tables(raw, ops)
+                prof, share, where = _profile_tables(raw, ops)
+                reading.append(PROFILE_READING.format(
+                    io=share.get("send", 0) + share.get("recv", 0),
+                    send_fn=where.get("send", "?"), recv_fn=where.get("recv", "?"),
+                    poll=share.get("poll", 0), python=share.get("python", 0) +
+                    share.get("codec", 0), codec=share.get("codec", 0)))
                 if args.profile_out:
                     shutil.copy(raw, args.profile_out)
+    reading.append(
+        f"The clients spend {cli_us:.0f} µs of CPU per operation and the server {srv_us:.0f} µs, "
+        f"and on this {_nproc()}-CPU machine the two together set a ceiling: {_nproc()} "
+        f"CPU-seconds per second over {srv_us + cli_us:.0f} µs per op is about "
+        f"{round(cap, -2):,.0f} ops/s, {'below' if cap < goal else 'above'} 3× Manager's 4-client "
+        f"figure ({round(goal, -2):,.0f}). {PROFILE_ADVICE}")
     return f"""### Where the shoal server spends its time under 4 clients
 
 The throughput load above (4 client processes, set/get alternating) run against each server for
@@ -495,38 +517,40 @@ runs).
 
 {prof}
 
-{PROFILE_READING.format(ceiling=ceiling)}
+{textwrap.fill(" ".join(reading), 100, break_long_words=False, break_on_hyphens=False)}
 
 {_produced(args, load)}"""
 
 
-# Written from the tables as measured on 2026-11-26 (shoal at commit 5a5a485); rerunning the
-# script refreshes the numbers and the ceiling, not the rest: rewrite it when the profile changes.
+# The reading of the profile: the numbers are filled in from each run; the sentences were written
+# from the profiles of 2026-11-26 (shoal at commits 5a5a485 to 421edfe). Rewrite them when a
+# profile tells a different story.
 PROFILE_READING = """\
-**What the profile showed.** Under 4 clients the shoal server is not saturated: it uses two
-thirds to three quarters of one core, half of that or more in the kernel. py-spy puts about 70 %
-of its samples on two lines, the `send` in `Conn.flush` and the `recv` in `Conn.on_event`, and
-about 15 % on `epoll` (mostly waiting); all the Python work of a request (parsing the frame,
-decoding, dispatch, the dict operation, encoding, framing the reply: `Server.handle`,
-`Codec.decode` and `encode`) is only 10-15 %, msgpack itself about 3 %. Each client has one
-request in flight, so each `recv` brings one request and each `send` carries one reply (and
-wakes a client): the batching in `Conn.on_event` has nothing to batch. The clients spend about
-as much CPU per operation as the server or more (see the table), and on this 2-CPU machine the
-two together set the ceiling: {ceiling}. So trimming Python from the server's dispatch would
-gain little; what raises throughput is fewer system calls per operation on both sides:
-pipelines and bulk calls (many requests per `recv` and replies per `send`), and a cheaper client
-call path."""
+py-spy puts {io:.0%} of its samples on two lines, the `send` in `{send_fn}` and the `recv` in
+`{recv_fn}`, and {poll:.0%} on `epoll` (mostly waiting); all the Python work of a request (parsing
+the frame, decoding, dispatch, the dict operation, encoding, framing the reply) is {python:.0%},
+msgpack itself {codec:.0%}. Each client has one request in flight, so each `recv` brings one
+request and each `send` carries one reply (and wakes a client): there is little for the server
+to batch."""
+PROFILE_ADVICE = """\
+So trimming Python from the server's dispatch would gain little; what raises throughput is fewer
+system calls per operation on both sides: pipelines and bulk calls (many requests per `recv` and
+replies per `send`), and a cheaper client call path."""
 
 
-def _profile_tables(raw: Path, ops: float) -> str:
+def _profile_tables(raw: Path, ops: float) -> tuple[str, dict[str, float], dict[str, str]]:
+    """(the tables, {category: share of samples}, {category: function of its top line})."""
     total, leaves, incl = _summarize_raw(raw)
     cats: collections.Counter[str] = collections.Counter()
+    where: dict[str, str] = {}
     for frame, n in leaves:
-        cats[_category(frame)] += n
+        cat = _category(frame)
+        cats[cat] += n
+        where.setdefault(cat, frame.split(" (", 1)[0])
     lines = [f"py-spy: {total:,} samples while the clients did {ops:,.0f} ops/s in total.", "",
              "| where the samples were (the innermost Python line) | share |", "| --- | ---: |"]
     for cat, n in cats.most_common():
-        lines.append(f"| {cat} | {n / total:.0%} |")
+        lines.append(f"| {CATEGORIES[cat]} | {n / total:.0%} |")
     lines += ["", "| innermost line | source | share |", "| --- | --- | ---: |"]
     for frame, n in leaves[:8]:
         src = _source_of(frame).replace("|", "\\|")
@@ -536,7 +560,7 @@ def _profile_tables(raw: Path, ops: float) -> str:
     lines += ["", "| function (inclusive: itself and what it calls) | share |", "| --- | ---: |"]
     for frame, n in shown[:8]:
         lines.append(f"| `{frame}` | {n / total:.0%} |")
-    return "\n".join(lines)
+    return "\n".join(lines), {c: n / total for c, n in cats.items()}, where
 
 
 # -- part 2: bulk writes and reads -------------------------------------------------------------
