@@ -36,8 +36,10 @@ __all__ = ["Server", "Registration"]
 
 log = logging.getLogger("shoal.server")
 HEADER = P.HEADER
-_OUT_HIGH = 32 * 1024 * 1024
-_NONE_REPLY = Codec().encode([P.REPLY_OK, None])   # the most common reply, encoded once   # stop reading from a client that does not read its replies
+_OUT_HIGH = 32 * 1024 * 1024      # bytes of unsent replies past which a client is not read
+_SEND_CHUNK = 256 * 1024            # at most this much (or _IOV_MAX buffers) per send call
+_IOV_MAX = 1024
+_NONE_REPLY = Codec().encode([P.REPLY_OK, None])   # the most common reply, encoded once
 
 
 class Registration:
@@ -78,8 +80,9 @@ class Conn:
         self.sock = sock
         self.fd = sock.fileno()
         self.inbuf = bytearray()
-        self.out: list[bytes] = []
-        self.pending: memoryview | None = None
+        self.out: list[bytes] = []        # replies made this turn, not yet offered to the socket
+        self.pending: list[Any] = []      # replies the socket did not take (the first maybe partly)
+        self.backlog = 0                  # bytes in pending
         self.handles: dict[int, list[Any]] = {}
         self.authed = False
         self.closed = False
@@ -163,7 +166,7 @@ class Conn:
             self.flush()
             if self.closed:
                 return
-            if self.paused and self.pending is None:
+            if self.paused and not self.pending:
                 self.paused = False           # the replies are out: run what waited
                 self._run(b"")
             if not events & ~WRITE or self.paused or self.closed:
@@ -200,7 +203,7 @@ class Conn:
         handle = self.server.handle
         max_frame = self.server.max_frame
         out = self.out
-        count, size = len(out), 0
+        count, size = len(out), self.backlog
         while n - pos >= 8:
             length, rid = HEADER.unpack_from(data, pos)
             if length > max_frame:
@@ -229,7 +232,7 @@ class Conn:
             self.flush()
             if self.closed:
                 return
-            if self.pending is None:          # all written at once: go on
+            if not self.pending:              # all written at once: go on
                 self.paused = False
                 if len(self.inbuf) >= 8:
                     self._run(b"")
@@ -308,28 +311,50 @@ class Conn:
         return encode([P.REPLY_ERROR, ["RemoteError", [], type(e).__name__]])
 
     def flush(self) -> None:
-        parts: list[Any] = self.out
-        if not parts and self.pending is None or self.closed:
+        """Write what waits, without copying a large backlog: a few buffers per call (sendmsg,
+        or one joined chunk under TLS), until the socket is full or nothing is left."""
+        parts = self.pending + self.out if self.pending else self.out
+        if not parts or self.closed:
             return
-        if self.pending is not None:
-            parts.insert(0, self.pending)
-            self.pending = None
-        if not parts:
-            return
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
         self.out = []
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        if sent < len(data):
-            self.pending = memoryview(data)[sent:]
+        tls = self.server.tls is not None
+        while parts:
+            take = total = 0
+            for part in parts:
+                take += 1
+                total += len(part)
+                if total >= _SEND_CHUNK or take == _IOV_MAX:
+                    break
+            try:
+                if take == 1:
+                    sent = self.sock.send(parts[0])
+                elif tls:   # the same leading bytes again after a refused write: TLS needs that
+                    sent = self.sock.send(b"".join(parts[:take]))
+                else:
+                    sent = self.sock.sendmsg(parts[:take])
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent == total:
+                del parts[:take]
+                continue
+            done = 0
+            while sent >= len(parts[done]):
+                sent -= len(parts[done])
+                done += 1
+            if sent:
+                parts[done] = memoryview(parts[done])[sent:]
+            del parts[:done]
+            break
+        self.pending = parts
+        if parts:
+            self.backlog = sum(map(len, parts))
             # Stop reading from a client that does not read its replies.
-            want = WRITE if self.paused or len(self.pending) > _OUT_HIGH else READ | WRITE
+            want = WRITE if self.paused or self.backlog > _OUT_HIGH else READ | WRITE
         else:
+            self.backlog = 0
             want = READ
         self._want(want)
 
@@ -350,6 +375,7 @@ class Conn:
         self.handles.clear()
         self.inbuf.clear()
         self.out.clear()
+        self.pending, self.backlog = [], 0
 
 
 class Server:
