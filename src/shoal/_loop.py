@@ -101,7 +101,7 @@ class Loop:
 
     def run(self) -> None:
         handlers, timers, calls, after = self._handlers, self._timers, self._calls, self._after
-        poll = self._poller.poll
+        poll, fileno = self._poller.poll, self._poller.fileno()
         while self.running:
             if calls:
                 timeout = 0.0
@@ -110,6 +110,11 @@ class Loop:
             else:
                 timeout = -1
             try:
+                if 0 < timeout < 0.001 * self._scale:
+                    # epoll_wait counts whole milliseconds: wait a shorter time with select,
+                    # which counts microseconds, on the epoll descriptor itself.
+                    select.select([fileno], [], [], timeout / self._scale)
+                    timeout = 0.0
                 events = poll(timeout)
             except InterruptedError:  # pragma: no cover - PEP 475 retries for us
                 continue

@@ -34,6 +34,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -139,6 +140,7 @@ class Store:
         self.journal_size = 0
         self.snapshot_size = 0
         self._unsynced = False
+        self.fsync_seconds = 0.0          # how long the last commit's fsync took
         self._sync_lock = threading.Lock()
         self.failed: BaseException | None = None
         self._stop = threading.Event()
@@ -245,7 +247,9 @@ class Store:
                 view = view[n:]
             self.journal_size += len(data)
             if self.fsync == "always":
+                started = time.perf_counter()
                 self.io.fsync(self._fd)
+                self.fsync_seconds = time.perf_counter() - started
             else:
                 self._unsynced = True
         except OSError as e:

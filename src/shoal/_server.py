@@ -27,7 +27,7 @@ from . import _protocol as P
 from ._codec import Codec, Opaque
 from ._errors import WIRE_NAMES, RemoteError
 from ._persist import FileIO, Store, StoreError
-from ._loop import READ, WRITE, Loop
+from ._loop import READ, WRITE, Loop, Timer
 from ._sync import SYNC_TYPES
 from ._objects import NATIVE_TYPES, PENDING, SCustom, SDict, SList, Shared, op
 from ._transport import Address, listen
@@ -36,6 +36,7 @@ __all__ = ["Server", "Registration"]
 
 log = logging.getLogger("shoal.server")
 HEADER = P.HEADER
+_GROUP_WAIT = 0.0002      # the longest a commit waits for more clients to join its group
 _OUT_HIGH = 32 * 1024 * 1024      # bytes of unsent replies past which a client is not read
 _SEND_CHUNK = 256 * 1024            # at most this much (or _IOV_MAX buffers) per send call
 _IOV_MAX = 1024
@@ -414,12 +415,13 @@ class Server:
         self.current: Conn | None = None      # the connection whose request is running
         self.current_rid = 0
         self.guarded: set[Shared] = set()     # objects whose per-object lock is held now
-        self.disconnect_hooks: list[Callable[[Conn], None]] = []
         self._executor: ThreadPoolExecutor | None = None
         self.share: Callable[..., Any] = self._share if nested == "share" else _identity
         self.ops = ServerOps(self)            # object id 0
         self.root = SDict(self)               # object id 1
         self.held: list[tuple[Conn, int, bytes]] = []   # replies waiting for a journal commit
+        self._group = 0                       # clients in the last commit's group
+        self._group_timer: Timer | None = None
         # One codec for every connection (one thread uses it); ``encoding_for`` names the
         # connection whose reply is being encoded, which then holds the objects it is sent.
         self.encoding_for: Conn | None = None
@@ -605,12 +607,39 @@ class Server:
             conn.out.append(frame)
         self.calls += 1
 
+    def _group_wait(self) -> bool:
+        """Group commit, fsync="always": while fewer clients wait for this commit than for the
+        last one, wait for the others a little (at most half an fsync) before it, so that one
+        fsync serves them all. True while waiting."""
+        store = self.store
+        assert store is not None
+        if store.fsync != "always" or len(self.held) >= self._group:
+            return False
+        if self._group_timer is None:
+            wait = min(_GROUP_WAIT, store.fsync_seconds / 2)
+            if wait <= 0:
+                return False
+            self._group_timer = self.loop.call_later(wait, self._group_waited)
+        return True
+
+    def _group_waited(self) -> None:
+        self._group_timer = None
+        if self.held:
+            self.commit()
+            self._flush_dirty()
+
     def commit(self) -> None:
         """Write the journal's new records, then release the replies that waited for them (or
         answer them with the error)."""
         held, self.held = self.held, []
         store = self.store
         assert store is not None
+        if self._group_timer is not None:
+            self._group_timer.cancel()
+            self._group_timer = None
+        # The next group waits for as many clients as this one had, or one fewer than the
+        # last (so a client that stopped writing is waited for only a few times).
+        self._group = max(len({id(conn) for conn, _, _ in held}), self._group - 1)
         try:
             store.commit()
         except StoreError as e:
@@ -807,11 +836,11 @@ class Server:
 
     def dropped(self, conn: Conn) -> None:
         self.conns.discard(conn)
-        for hook in self.disconnect_hooks:
-            hook(conn)
 
     def _flush_dirty(self) -> None:
         if self.held:
+            if self._group_wait():
+                return
             self.commit()
         dirty = self.dirty
         if dirty:
