@@ -136,7 +136,7 @@ class Store:
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         self.gen = 0
         self._fd = -1
-        self._buffer: list[bytes] = []
+        self.buffer: list[bytes] = []      # framed records waiting for commit()
         self.journal_size = 0
         self.snapshot_size = 0
         self._unsynced = False
@@ -223,12 +223,12 @@ class Store:
 
     def append(self, body: bytes) -> None:
         """Queue a record; ``commit`` writes the queue."""
-        self._buffer.append(frame(body))
+        self.buffer.append(frame(body))
 
     @property
     def pending(self) -> int:
         """How many records wait for ``commit``."""
-        return len(self._buffer)
+        return len(self.buffer)
 
     def commit(self) -> None:
         """Write the queued records (and, with fsync="always", wait until they are on disk).
@@ -236,10 +236,10 @@ class Store:
         if self.failed is not None:
             raise StoreError(f"persistence failed earlier ({self.failed}); writes are refused "
                              f"until the server restarts")
-        if not self._buffer:
+        if not self.buffer:
             return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        data = b"".join(self.buffer)
+        self.buffer.clear()
         try:
             view = memoryview(data)
             while view:
@@ -307,7 +307,7 @@ class Store:
     def close(self) -> None:
         self._stop.set()
         try:
-            if self._buffer and self.failed is None:
+            if self.buffer and self.failed is None:
                 self.commit()
             if self._fd >= 0 and self.failed is None:
                 os.fsync(self._fd)

@@ -27,6 +27,7 @@ from . import _protocol as P
 from ._codec import Codec, Opaque
 from ._errors import WIRE_NAMES, RemoteError
 from ._persist import FileIO, Store, StoreError
+from ._persist import frame as frame_record
 from ._loop import READ, WRITE, Loop, Timer
 from ._sync import SYNC_TYPES
 from ._objects import NATIVE_TYPES, PENDING, SCustom, SDict, SList, Shared, op
@@ -576,13 +577,15 @@ class Server:
     def _handle_persisted(self, conn: Conn, rid: int, body: bytes, msg: list[Any], obj: Shared,
                           name: str, fn: Any, store: Store) -> None:
         """``handle`` when the server persists: a write goes to the journal, and its reply waits
-        for the journal's commit (so a failed commit answers with an error instead)."""
+        for the journal's commit at the end of the loop's turn (so a failed commit answers with
+        an error instead, and a server killed after the reply has given the write to the OS)."""
         try:
             writes = name in type(obj).WRITES
             if writes and store.failed is not None:
                 raise RemoteError(f"the server could not persist ({store.failed}): it refuses "
                                   f"writes until it is restarted")
-            start_oid, queued = self._next_oid, store.pending
+            records = store.buffer
+            start_oid, queued = self._next_oid, len(records)
             args = msg[2]
             if fn is None:
                 fn = obj.fallback(name)
@@ -591,17 +594,22 @@ class Server:
                 result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
             if writes and result is not PENDING and (type(obj) is not ServerOps
                                                       or self._next_oid != start_oid):
-                store.append(self.journal_codec.encode([0, start_oid, body]))
-            if result is PENDING or not rid:
+                records.append(frame_record(self.journal_codec.encode([0, start_oid, body])))
+            if result is None:
+                out = _NONE_REPLY
+            elif result is PENDING or not rid:
                 return
-            out = conn.encode([0, result])
+            else:
+                out = conn.encode([0, result])
         except Exception as e:
             if not rid:
                 return
             out = conn.encode_error(e)
             queued = -1
+        if not rid:
+            return
         frame = HEADER.pack(len(out), rid) + out
-        if queued >= 0 and store.pending > queued:
+        if queued >= 0 and len(records) > queued:
             self.held.append((conn, rid, frame))
         else:
             conn.out.append(frame)
@@ -838,8 +846,9 @@ class Server:
         self.conns.discard(conn)
 
     def _flush_dirty(self) -> None:
-        if self.held:
-            if self._group_wait():
+        store = self.store
+        if store is not None and store.buffer:
+            if self.held and self._group_wait():
                 return
             self.commit()
         dirty = self.dirty
