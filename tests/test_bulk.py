@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
+import time
+
 import pytest
 
 import shoal
@@ -57,3 +61,34 @@ def test_bulk_calls(manager: shoal.SyncManager) -> None:
     lst.extend(range(10_000))
     assert len(lst) == 10_000 and lst[-1] == 9_999
     assert d.copy()[49_999] == 49_999 ** 2
+
+
+
+def _put_later(q: object) -> None:
+    time.sleep(0.3)
+    q.put(7)  # type: ignore[attr-defined]
+
+
+def test_a_pipeline_reading_hands_other_threads_their_replies(manager: shoal.SyncManager) -> None:
+    """A process has one connection: while a pipeline waits for its replies, a reply to another
+    thread of the process can come first, and must reach that thread."""
+    q, other = manager.Queue(), manager.dict({1: -1})
+    got: dict[str, object] = {}
+
+    def pipelined() -> None:
+        with shoal.pipeline(q) as pq:
+            item = pq.get()              # parked in the server until the other process puts
+        got["item"] = item.value
+
+    p = threading.Thread(target=pipelined)
+    p.start()
+    time.sleep(0.3)                      # the pipeline is reading now, waiting for the item
+    t = threading.Thread(target=lambda: got.setdefault("other", other[1]))
+    t.start()
+    putter = multiprocessing.get_context("fork").Process(target=_put_later, args=(q,))
+    putter.start()
+    t.join(10)
+    p.join(10)
+    putter.join(10)
+    assert not t.is_alive() and not p.is_alive()
+    assert got == {"item": 7, "other": -1}

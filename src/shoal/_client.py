@@ -71,7 +71,7 @@ class Connection:
         self._codec = Codec(ref_of=self._ref_of, make_ref=self._make_proxy,
                             from_opaque=pickle.loads, pickle_unknown=not builtin_only,
                             tuples_as_lists=builtin_only)
-        self._ids = itertools.count(1)
+        self.ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._read_lock = threading.Lock()    # held by the thread reading replies
@@ -195,7 +195,7 @@ class Connection:
         """Call ``name`` on object ``oid`` in the server; return its result or raise its error."""
         if self.closed:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
-        rid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
+        rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
         msg = [oid, name, args if type(args) is list else list(args)]
         if kwargs:
             msg.append(kwargs)
@@ -244,7 +244,7 @@ class Connection:
                      pickle_unknown=not builtin_only, tuples_as_lists=builtin_only)
 
     def next_rid(self) -> int:
-        return next(self._ids) & 0xFFFFFFFF or next(self._ids)
+        return next(self.ids) & 0xFFFFFFFF or next(self.ids)
 
     def send_frames(self, data: bytes) -> None:
         """Send already encoded request frames; their replies are collected with ``results``."""
@@ -264,10 +264,13 @@ class Connection:
         decode = self._codec.decode
         if not self._read_lock.acquire(False):
             return [decode(self._wait(rid)) for rid in rids]
-        out = []
+        out: list[Any] = []
         replies = self._replies
         try:
-            for rid in rids:
+            while len(out) < len(rids):
+                if not replies and self._take_frames(rids, out):
+                    continue                 # the bulk path took what had arrived
+                rid = rids[len(out)]
                 body = replies.pop(rid, None) if replies else None
                 while body is None:
                     got, data = self._read_frame()
@@ -284,6 +287,36 @@ class Connection:
             if self._waiting:
                 with self._cond:
                     self._cond.notify_all()
+
+    def _take_frames(self, rids: list[int], out: list[Any]) -> bool:
+        """Pipelines' bulk path, holding the reader role: read a chunk and take every whole
+        frame in it that answers the next of ``rids``, in one pass. False when none did."""
+        buf = self._rbuf
+        if len(buf) < 8 + len(_NONE_BODY):
+            try:
+                chunk = self.sock.recv(262144)
+            except OSError as e:
+                self._broken(e)
+            if not chunk:
+                self._broken(None)
+            buf += chunk
+        decode, unpack, none, none_len = self._codec.decode, HEADER.unpack_from, _NONE_BODY, \
+            len(_NONE_BODY)
+        have, pos, i, n = len(buf), 0, len(out), len(rids)
+        while i < n and have - pos >= 8:
+            length, got = unpack(buf, pos)
+            end = pos + 8 + length
+            if got != rids[i] or end > have:
+                break                        # someone else's reply, or not all here yet
+            if length == none_len and buf.startswith(none, pos + 8):
+                out.append(_NONE)
+            else:
+                out.append(decode(buf[pos + 8:end]))
+            pos = end
+            i += 1
+        if pos:
+            del buf[:pos]
+        return pos > 0
 
     def raise_reply(self, status: int, value: Any) -> None:
         exc = pickle.loads(value) if status == P.REPLY_PICKLED_ERROR else _rebuild_error(*value)

@@ -528,6 +528,7 @@ class Pipeline:
     def __init__(self) -> None:
         self._conn: Connection | None = None
         self._encode: Any = None
+        self._ids: Any = None             # the connection's request ids
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._rids: list[int] = []        # every call's request id, in order
@@ -542,13 +543,14 @@ class Pipeline:
         if self._conn is None:
             self._conn = conn
             self._encode = conn.new_codec().encode
+            self._ids = conn.ids
         elif self._conn is not conn:
             raise ValueError("one pipeline carries the calls of one server's objects")
         return PipelinedProxy(self, proxy)
 
     def call(self, oid: int, name: str, args: list[Any]) -> int:
         """Queue a call; return its index in this pipeline."""
-        rid = self._conn.next_rid()  # type: ignore[union-attr]
+        rid = next(self._ids) & 0xFFFFFFFF or self._conn.next_rid()  # type: ignore[union-attr]
         body = self._encode([oid, name, args])
         self._buffer.append(_pack_header(len(body), rid) + body)
         self._buffered += len(body) + 8
