@@ -82,6 +82,8 @@ class Connection:
         self._refs_lock = threading.Lock()
         self._dead: collections.deque[int] = collections.deque()
         self._notes: list[list[Any]] = []        # notifications to send before the next request
+        self.owned: dict[tuple[int, int], int] = {}  # (lock id, thread): acquisitions it holds
+        self.puts_cannot_fail: dict[int, bool] = {}  # queue id: sent without waiting?
         self.notify(0, "hello", [os.getpid(), socket.gethostname()])
         self._say_goodbye_at_exit()
         # A multiprocessing child unpickles its arguments (making this connection), then clears
@@ -185,6 +187,21 @@ class Connection:
     def _frame(self, rid: int, msg: list[Any]) -> bytes:
         body = self._codec.encode(msg)
         return HEADER.pack(len(body), rid) + body
+
+    def send(self, oid: int, name: str, args: list[Any]) -> None:
+        """Send a call now whose reply nobody waits for (the server sends none). It runs before
+        any later call of this process, like any call; an error in it is not reported, so it is
+        for calls that cannot fail."""
+        if self.closed:
+            raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
+        with self._send_lock:
+            frame = self._frame(_NOTE_RID, [oid, name, args])
+            if self._notes or self._dead:
+                frame = self._collect_notes() + frame
+            try:
+                self.sock.sendall(frame)
+            except OSError as e:
+                self._broken(e)
 
     def notify(self, oid: int, name: str, args: list[Any]) -> None:
         """Queue a call whose result nobody waits for; it goes out before the next call."""

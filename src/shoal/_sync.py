@@ -605,6 +605,12 @@ class SQueue(SyncObject):
     def put_nowait(self, item: Any) -> Any:
         return self.put(item, False)
 
+    @op("_puts_cannot_fail")
+    def puts_cannot_fail(self) -> bool:
+        """Whether a put can neither wait nor fail (no maxsize) nor needs to be acknowledged
+        (nothing persisted): clients then send puts without waiting for their replies."""
+        return self.maxsize <= 0 and self.server.store is None
+
     @op("get")
     def get(self, block: bool = True, timeout: Any = None, tid: int = 0) -> Any:
         if self.items:

@@ -51,14 +51,42 @@ class AcquirerProxy(BaseProxy):
         self.release()
 
 
-class LockProxy(AcquirerProxy):
+class _OwnedLock(AcquirerProxy):
+    """Locks remember in the process which of its threads hold them: a release by a holder
+    cannot fail, so it is sent without waiting for the reply (one round trip per acquire and
+    release instead of two). It reaches the server before any later call of the process; a
+    release by a thread that holds nothing is a normal call, which raises."""
+
+    def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
+        got = AcquirerProxy.acquire(self, blocking, timeout)
+        if got:
+            key = (self._id, get_ident())
+            owned = self._conn.owned
+            owned[key] = owned.get(key, 0) + 1
+        return got
+
+    def release(self) -> None:
+        key = (self._id, get_ident())
+        conn = self._conn
+        held = conn.owned.get(key, 0)
+        if held <= 0 or conn.closed:
+            self._call("release", key[1])
+            return
+        if held == 1:
+            del conn.owned[key]
+        else:
+            conn.owned[key] = held - 1
+        conn.send(self._id, "release", [key[1]])
+
+
+class LockProxy(_OwnedLock):
     """A shared ``threading.Lock``; only its holder (process and thread) may release it."""
 
     def locked(self) -> bool:
         return self._call("locked")  # type: ignore[no-any-return]
 
 
-class RLockProxy(AcquirerProxy):
+class RLockProxy(_OwnedLock):
     """A shared ``threading.RLock``."""
 
     def _is_owned(self) -> bool:
@@ -172,7 +200,21 @@ class QueueProxy(BaseProxy):
     """A shared ``queue.Queue`` (``JoinableQueue`` adds ``task_done`` and ``join``)."""
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._call("put", item, block, timeout, get_ident())
+        conn = self._conn
+        if not conn.closed and self._puts_cannot_fail(conn):
+            # An unbounded queue of a server that persists nothing: the put cannot wait or
+            # fail, so it is sent without waiting for the reply; it reaches the server before
+            # any later call of this process. (An item that cannot be encoded raises here.)
+            conn.send(self._id, "put_nowait", [item])
+        else:
+            self._call("put", item, block, timeout, get_ident())
+
+    def _puts_cannot_fail(self, conn: Any) -> bool:
+        known = conn.puts_cannot_fail
+        answer = known.get(self._id)
+        if answer is None:
+            answer = known[self._id] = bool(self._call("_puts_cannot_fail"))
+        return answer
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         return self._call("get", block, timeout, get_ident())
