@@ -37,6 +37,7 @@ __all__ = ["Server", "Registration"]
 
 log = logging.getLogger("shoal.server")
 HEADER = P.HEADER
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _GROUP_WAIT = 0.0002      # the longest a commit waits for more clients to join its group
 _OUT_HIGH = 32 * 1024 * 1024      # bytes of unsent replies past which a client is not read
 _SEND_CHUNK = 256 * 1024            # at most this much (or _IOV_MAX buffers) per send call
@@ -91,6 +92,7 @@ class Conn:
         self.clean = False        # the client said goodbye: it ended normally
         self.dirty = False
         self.paused = False       # its replies are over the limit: not read until they are out
+        self.active = False       # it sent something since the server last looked
         self.events = READ
         self.involved: weakref.WeakSet[Any] = weakref.WeakSet()  # sync objects it holds or waits on
         self.pid: int | None = None
@@ -190,6 +192,7 @@ class Conn:
         self._run(data)
 
     def _run(self, data: Any) -> None:
+        self.active = True
         """The hot path: parse every whole frame that has arrived, run each request, then write
         all their replies at once. Past _OUT_HIGH bytes of replies it stops, writes them, and
         reads no more from this client until they are out (one that does not read its replies
@@ -445,6 +448,7 @@ class Server:
         self.calls = 0
         self._rate = (time.monotonic(), 0, 0.0)     # (when, calls then, calls per second)
         self.loop.call_later(1.0, self._sample_rate)
+        self.loop.call_later(0.05, self._watch_activity)
         if owner_pid is not None:
             self._watch_owner(owner_pid)
 
@@ -915,6 +919,16 @@ class Server:
                 self.commit()
             self.store.close()
         self.loop.close()
+
+    def _watch_activity(self) -> None:
+        """Let the loop spin only while the busy clients leave a CPU free for it."""
+        busy = 0
+        for conn in self.conns:
+            if conn.active:
+                conn.active = False
+                busy += 1
+        self.loop.spin = busy < _CPUS
+        self.loop.call_later(0.05, self._watch_activity)
 
     def _sample_rate(self) -> None:
         now, calls = time.monotonic(), self.calls
