@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import pathlib
 import threading
 import time
 
@@ -92,3 +93,35 @@ def test_a_pipeline_reading_hands_other_threads_their_replies(manager: shoal.Syn
     putter.join(10)
     assert not t.is_alive() and not p.is_alive()
     assert got == {"item": 7, "other": -1}
+
+
+def test_pipelined_writes_in_a_row_travel_together_and_behave_as_alone(
+        manager: shoal.SyncManager) -> None:
+    d, lst = manager.dict(), manager.list([0, 0, 0])
+    with pytest.raises(TypeError):                 # the first error, after every call ran
+        with shoal.pipeline(d, lst) as (pd, pl):
+            for i in range(2_500):                 # more than one batch
+                pd[i] = i
+            pd["x"] = 1
+            pd[("t", 1)] = {"nested": [1]}         # a tuple key; a value made shared
+            before = pd.get("x")                   # another call: the writes before it ran
+            pd["x"] = 2
+            pd[["unhashable"]] = 3                 # fails in the server ...
+            pd["after"] = 4                        # ... and the next ones still run
+            pl[1] = "b"
+            pl[7] = "out of range"                 # IndexError: not the first error
+            pl[2] = "c"
+    assert before.value == 1
+    assert len(d) == 2_503 and d[2_499] == 2_499 and d["x"] == 2 and d["after"] == 4
+    d[("t", 1)]["nested"].append(2)                # shared, as a single write makes it
+    assert d[("t", 1)] == {"nested": [1, 2]}
+    assert list(lst) == [0, "b", "c"]
+
+
+def test_pipelined_writes_survive_a_restart(tmp_path: pathlib.Path) -> None:
+    with shoal.Manager(persist=tmp_path, fsync="always") as m:
+        with shoal.pipeline(m.root) as pr:
+            for i in range(1_500):
+                pr[i] = i * i
+    with shoal.Manager(persist=tmp_path, fsync="always") as m:
+        assert len(m.root) == 1_500 and m.root[1_499] == 1_499 ** 2

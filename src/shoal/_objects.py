@@ -42,6 +42,25 @@ def op(*names: str, write: bool = False) -> Callable[[Callable[..., Any]], Calla
     return mark
 
 
+@op("_setitems", write=True)
+def _setitems(self: Any, *pairs: Any) -> None:
+    """``obj[k] = v`` calls that a pipeline sent together, ``[k, v]`` each: every one runs as
+    it would alone, in order, and the first error is raised after all ran (as a pipeline
+    reports it)."""
+    error: Exception | None = None
+    setitem = self.setitem
+    for pair in pairs:
+        try:
+            if type(pair) is not list or len(pair) != 2:
+                raise TypeError("malformed request: _setitems takes [key, value] pairs")
+            setitem(pair[0], pair[1])
+        except Exception as e:
+            if error is None:
+                error = e
+    if error is not None:
+        raise error
+
+
 class Shared:
     """Base of every object in the server's table."""
 
@@ -218,6 +237,8 @@ class SDict(Shared):
     def delitem(self, key: Any) -> None:
         del self.data[key]
 
+    setitems = _setitems
+
     @op("__contains__")
     def contains(self, key: Any) -> bool:
         return key in self.data
@@ -357,6 +378,8 @@ class SList(Shared):
     @op("__delitem__", write=True)
     def delitem(self, index: Any) -> None:
         del self.data[index]
+
+    setitems = _setitems
 
     @op("__len__")
     def len(self) -> int:
@@ -568,6 +591,8 @@ class SArray(Shared):
         if type(index) is slice:
             value = array.array(self.array.typecode, _items(value))
         self.array[index] = value
+
+    setitems = _setitems
 
     @op("tolist", "_getvalue", "copy")
     def tolist(self) -> list[Any]:

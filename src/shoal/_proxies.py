@@ -524,11 +524,14 @@ class Pipeline:
 
     window = 8192      # calls in flight at most; older replies are collected past it
     chunk = 64 * 1024  # bytes of requests buffered before they are sent
+    batch = 1000       # obj[key] = value calls sent as one request at most
 
     def __init__(self) -> None:
         self._conn: Connection | None = None
         self._encode: Any = None
         self._ids: Any = None             # the connection's request ids
+        self._batch: list[bytes] = []     # encoded [key, value] of obj[key] = value calls in a row
+        self._batch_oid = -1              # ... on this object
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._rids: list[int] = []        # every call's request id, in order
@@ -548,10 +551,34 @@ class Pipeline:
             raise ValueError("one pipeline carries the calls of one server's objects")
         return PipelinedProxy(self, proxy)
 
+    def set(self, oid: int, key: Any, value: Any) -> None:
+        """Queue ``obj[key] = value``. Such calls in a row on one object travel together as
+        one request (``_setitems``), which runs each as it would run alone, in order."""
+        if self._batch_oid != oid:
+            if self._batch:
+                self._flush_batch()
+            self._batch_oid = oid
+        self._batch.append(self._encode([key, value]))   # an unsendable value raises here
+        if len(self._batch) >= self.batch:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        pairs, self._batch = self._batch, []
+        n = len(pairs)
+        count = (bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+                 if n < 65536 else b"\xdd" + n.to_bytes(4, "big"))
+        body = b"".join([b"\x93", self._encode(self._batch_oid), self._encode("_setitems"),
+                         count, *pairs])       # msgpack of [oid, "_setitems", [[k, v], ...]]
+        self._queue(body)
+
     def call(self, oid: int, name: str, args: list[Any]) -> int:
         """Queue a call; return its index in this pipeline."""
+        if self._batch:
+            self._flush_batch()
+        return self._queue(self._encode([oid, name, args]))
+
+    def _queue(self, body: bytes) -> int:
         rid = next(self._ids) & 0xFFFFFFFF or self._conn.next_rid()  # type: ignore[union-attr]
-        body = self._encode([oid, name, args])
         self._buffer.append(_pack_header(len(body), rid) + body)
         self._buffered += len(body) + 8
         self._rids.append(rid)
@@ -562,6 +589,8 @@ class Pipeline:
         return len(self._rids) - 1
 
     def _send(self) -> None:
+        if self._batch:
+            self._flush_batch()
         if self._buffer:
             data = b"".join(self._buffer)
             self._buffer.clear()
@@ -611,13 +640,17 @@ class Pipeline:
 class PipelinedProxy:
     """``proxy`` seen through a pipeline: each call returns a ``Pending`` at once."""
 
-    __slots__ = ("_pipeline", "_proxy")
+    __slots__ = ("_pipeline", "_proxy", "_batched")
 
     def __init__(self, pipeline: Pipeline, proxy: BaseProxy) -> None:
         self._pipeline, self._proxy = pipeline, proxy
+        self._batched = isinstance(proxy, (DictProxy, ListProxy, ArrayProxy))
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._pipeline.call(self._proxy._id, "__setitem__", [key, value])
+        if self._batched:
+            self._pipeline.set(self._proxy._id, key, value)
+        else:
+            self._pipeline.call(self._proxy._id, "__setitem__", [key, value])
 
     def __getitem__(self, key: Any) -> Pending:
         pipe = self._pipeline
