@@ -583,7 +583,11 @@ What each cell runs, per system:
 | `d.update(dict)` | `d.update(m)` | `d.update(m)` | `r.hset(h, mapping=m)` | — |
 | loop of `d[k]` | `d[k]` | `d[k]` | `r.hget(h, k)` | `c[k]` |
 | `d.get_many(keys)` | — (no such call) | `d.get_many(keys)` | `r.hmget(h, keys)` | — |
-| `d.copy()` | `d.copy()` | `d.copy()` | `r.hgetall(h)` | — |"""
+| `d.copy()` | `d.copy()` | `d.copy()` | `r.hgetall(h)` | — |
+
+shoal's pipeline sends runs of `pd[k] = v` on one container as one request per 1,000 writes
+(`_setitems`, each write run as it would run alone); redis-py's pipeline sends one command per
+write."""
 
 
 def _bulk_ops(kind: str, handle: Any) -> dict[str, Any]:
