@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
+from _common import load_average as _load, replace_section, shown_path as _shown_path
 
 START, END = "<!-- bench_core:start -->", "<!-- bench_core:end -->"
 INTRO = """\
@@ -201,12 +202,6 @@ def table(result: dict[tuple[str, str], dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _load() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
-
 
 def section(tbl: str, command: str, rounds: int, ops: int, load: str) -> str:
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
@@ -230,22 +225,8 @@ Machine: nproc {nproc}, {platform.system()} {platform.machine()}, Python {platfo
 
 
 def write_markdown(path: Path, text: str) -> None:
-    """Replace our section of ``path`` (between the markers); add it, or the file, if missing."""
-    old = path.read_text(encoding="utf-8") if path.exists() else INTRO
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
+    replace_section(path, START, END, text, INTRO)
 
-
-def _shown_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return path.name
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
+from _common import load_average as _load, replace_section, shown_path as _shown_path
 
 START, END = "<!-- bench_load:start -->", "<!-- bench_load:end -->"
 INTRO = """\
@@ -285,12 +286,6 @@ def table(results: list[ShapeResult]) -> str:
     return "\n".join(lines)
 
 
-def _load() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
-
 
 def _commit() -> str:
     try:
@@ -347,25 +342,8 @@ def section(results: list[ShapeResult], command: str, duration: float, load: str
 
 
 def write_markdown(path: Path, text: str) -> None:
-    """Replace our section of ``path`` (between the markers); add it, or the file, if missing.
+    replace_section(path, START, END, text, INTRO)
 
-    The file is read right before it is written: other scripts write other sections of it.
-    """
-    old = path.read_text(encoding="utf-8") if path.exists() else INTRO
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
-
-
-def _shown_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return path.name
 
 
 def _shape(text: str) -> tuple[int, int]:

@@ -46,6 +46,7 @@ from typing import Any
 
 import shoal
 import shoal.redis
+from _common import load_average as _load, replace_section, shown_path as _shown_path
 
 START, END = "<!-- bench_redis:start -->", "<!-- bench_redis:end -->"
 INTRO = """\
@@ -198,12 +199,6 @@ def table(result: dict[tuple[str, str], dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _load() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
-
 
 def _redis_version(url: str | None) -> str:
     exe = shutil.which("redis-server") or shutil.which("valkey-server")
@@ -239,23 +234,8 @@ Machine: nproc {nproc}, {platform.system()} {platform.machine()}, Python {platfo
 
 
 def write_markdown(path: Path, text: str) -> None:
-    """Replace our section of ``path`` (between the markers), reading the file right before
-    writing it so that other scripts' sections written meanwhile are kept."""
-    old = path.read_text(encoding="utf-8") if path.exists() else INTRO
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
+    replace_section(path, START, END, text, INTRO)
 
-
-def _shown_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return path.name
 
 
 def main(argv: list[str] | None = None) -> int:

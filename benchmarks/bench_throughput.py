@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
+from _common import load_average as _load, shown_path as _shown_path
 
 NAME = "bench_throughput"
 START, END = f"<!-- {NAME}:start -->", f"<!-- {NAME}:end -->"
@@ -70,12 +71,6 @@ REDIS_HASH = "bench:h"
 
 
 # -- small helpers -----------------------------------------------------------------------------
-
-def _load() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
 
 
 def _nproc() -> int:
@@ -1113,12 +1108,6 @@ def write_markdown(path: Path, parts: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new, encoding="utf-8")
 
-
-def _shown_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return path.name
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,39 @@
+"""What the benchmark scripts share: the load average they report, and writing their section of
+docs/benchmarks.md. Run as scripts, they find this module beside them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_average() -> str:
+    """The 1-minute load average, for the "before and after" line of each section."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (no machine's paths in docs)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return path.name
+
+
+def replace_section(path: Path, start: str, end: str, text: str, intro: str) -> None:
+    """Replace the section between ``start`` and ``end`` in ``path`` with ``text`` (which
+    includes the markers); add it, or the file (beginning with ``intro``), if missing. The file
+    is read right before it is written: other scripts write other sections of it."""
+    old = path.read_text(encoding="utf-8") if path.exists() else intro
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + text + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new, encoding="utf-8")
