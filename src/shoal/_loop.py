@@ -125,14 +125,12 @@ class Loop:
                         spin_end = monotonic() + SPIN
                         while not events and monotonic() < spin_end:
                             events = poll(0)
-                    if events:
-                        pass
-                    elif 0 < timeout < 0.001 * self._scale:
+                    if not events and 0 < timeout < 0.001 * self._scale:
                         # epoll_wait counts whole milliseconds: wait a shorter time with
                         # select, which counts microseconds, on the epoll descriptor itself.
                         select.select([fileno], [], [], timeout / self._scale)
                         events = poll(0)
-                    else:
+                    elif not events:
                         events = poll(timeout)
                 busy = len(events) > 0
             except InterruptedError:  # pragma: no cover - PEP 475 retries for us
