@@ -185,6 +185,7 @@ class ObjectLockContext:
         self._local.acquire()
         try:
             self.owner_died = self._proxy._call("_lock_acquire") == OWNER_DIED
+            self._conn = self._proxy._conn      # the connection that holds it
         except BaseException:
             self._local.release()
             raise
@@ -192,7 +193,13 @@ class ObjectLockContext:
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            self._proxy._call("_lock_release")
+            conn = self._proxy._conn
+            if conn.closed or conn is not self._conn:
+                self._proxy._call("_lock_release")      # raises: the lock went with it
+            else:
+                # We hold it, so releasing cannot fail: sent without waiting for the reply
+                # (it runs before any later call of this process).
+                conn.send(self._proxy._id, "_lock_release", [])
         finally:
             self._local.release()
 
