@@ -4,6 +4,8 @@ docs/benchmarks.md. Run as scripts, they find this module beside them."""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,3 +39,22 @@ def replace_section(path: Path, start: str, end: str, text: str, intro: str) -> 
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new, encoding="utf-8")
+
+
+# Scripts whose section has parts, each refreshed on its own: the parts are marked inside it.
+
+def join_parts(name: str, parts: dict[str, str], order: Sequence[str]) -> str:
+    """The parts in ``order``, each between its markers."""
+    return "\n\n".join(f"<!-- {name}:part {p} -->\n{parts[p]}\n<!-- {name}:part-end {p} -->"
+                       for p in order if p in parts)
+
+
+def kept_parts(path: Path, start: str, end: str, name: str) -> dict[str, str]:
+    """The parts now in the section of ``path``: parts not run this time keep their text."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if start not in text or end not in text:
+        return {}
+    mine = text.split(start, 1)[1].split(end, 1)[0]
+    marked = re.compile(rf"<!-- {re.escape(name)}:part (\w+) -->\n(.*?)\n"
+                        rf"<!-- {re.escape(name)}:part-end \1 -->", re.S)
+    return {m.group(1): m.group(2) for m in marked.finditer(mine)}

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
+from _common import join_parts, kept_parts, replace_section
 from _common import load_average as _load, shown_path as _shown_path
 
 NAME = "bench_persist"
@@ -543,8 +544,7 @@ PARTS = ("writes", "restart")
 
 
 def section(parts: dict[str, str]) -> str:
-    body = "\n\n".join(f"<!-- {NAME}:part {p} -->\n{parts[p]}\n<!-- {NAME}:part-end {p} -->"
-                       for p in PARTS if p in parts)
+    body = join_parts(NAME, parts, PARTS)
     return f"""{START}
 ## Durability: fsync policies, restart time, SQLite beside
 
@@ -556,27 +556,10 @@ append-only journal: `docs/durability.md`.
 {END}"""
 
 
-def _kept_parts(mine: str) -> dict[str, str]:
-    kept = {}
-    for p in PARTS:
-        a, b = f"<!-- {NAME}:part {p} -->\n", f"\n<!-- {NAME}:part-end {p} -->"
-        if a in mine and b in mine:
-            kept[p] = mine.split(a, 1)[1].split(b, 1)[0]
-    return kept
-
-
 def write_markdown(path: Path, parts: dict[str, str]) -> None:
-    """Replace our section of ``path`` (read just now: other scripts write other sections);
-    parts not run this time keep their previous text."""
-    old = path.read_text(encoding="utf-8") if path.exists() else INTRO
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        mine, tail = rest.split(END, 1)
-        new = head + section({**_kept_parts(mine), **parts}) + tail
-    else:
-        new = old.rstrip("\n") + "\n\n" + section(parts) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
+    """Replace our section of ``path``; parts not run this time keep their previous text."""
+    kept = kept_parts(path, START, END, NAME)
+    replace_section(path, START, END, section({**kept, **parts}), INTRO)
 
 
 

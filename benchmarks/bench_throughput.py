@@ -53,11 +53,11 @@ from pathlib import Path
 from typing import Any
 
 import shoal
+from _common import join_parts, kept_parts, replace_section
 from _common import load_average as _load, shown_path as _shown_path
 
 NAME = "bench_throughput"
 START, END = f"<!-- {NAME}:start -->", f"<!-- {NAME}:end -->"
-PART_RE = re.compile(rf"<!-- {NAME}:part (\w+) -->\n.*?<!-- {NAME}:part-end \1 -->", re.S)
 PARTS = ("throughput", "profile", "bulk", "memory", "latency")
 INTRO = """\
 # Benchmarks
@@ -1081,8 +1081,7 @@ def _produced(args: argparse.Namespace, load: str) -> str:
 
 
 def section(parts: dict[str, str]) -> str:
-    body = "\n\n".join(f"<!-- {NAME}:part {p} -->\n{parts[p]}\n<!-- {NAME}:part-end {p} -->"
-                       for p in PARTS if p in parts)
+    body = join_parts(NAME, parts, PARTS)
     return f"""{START}
 ## Throughput: many clients, bulk work, server memory, latency by operation
 
@@ -1095,18 +1094,9 @@ below states the command and the date it was produced, and can be refreshed on i
 
 
 def write_markdown(path: Path, parts: dict[str, str]) -> None:
-    """Replace our section of ``path``; parts not run this time are kept from the old section."""
-    old = path.read_text(encoding="utf-8") if path.exists() else INTRO
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        mine, tail = rest.split(END, 1)
-        kept = {m.group(1): m.group(0).split("\n", 1)[1].rsplit("\n", 1)[0]
-                for m in PART_RE.finditer(mine)}
-        new = head + section({**kept, **parts}) + tail
-    else:
-        new = old.rstrip("\n") + "\n\n" + section(parts) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
+    """Replace our section of ``path``; parts not run this time keep their previous text."""
+    kept = kept_parts(path, START, END, NAME)
+    replace_section(path, START, END, section({**kept, **parts}), INTRO)
 
 
 
