@@ -5,6 +5,8 @@ from __future__ import annotations
 import array
 import fractions
 import gc
+import multiprocessing
+from typing import Any
 
 import pytest
 
@@ -217,3 +219,62 @@ def test_freed_object_gives_a_clear_error() -> None:
         ghost = shoal.DictProxy(token, authkey=bytes(m._authkey))
         with pytest.raises(ReferenceError, match="no longer exists"):
             ghost["x"] = 1
+
+
+def _count_objects(address: Any, authkey: bytes, out: Any) -> None:
+    out.send(shoal.connect(address, authkey=authkey)._number_of_objects())
+
+
+def _objects_seen_by_another_process(m: shoal.SyncManager) -> int:
+    """The server's object count, asked by a process that holds no proxies."""
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=_count_objects, args=(m.address, bytes(m._authkey), there))
+    p.start()
+    try:
+        return here.recv()  # type: ignore[no-any-return]
+    finally:
+        p.join(10)
+
+
+class _SentBytes:
+    """Wraps a connection's socket to keep what it sends."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.sent = sock, bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_reading_the_same_nested_object_again_and_again_sends_no_release() -> None:
+    with shoal.Manager() as m:
+        d = m.dict({"row": {}})
+        conn = d._conn
+        conn.sock = spy = _SentBytes(conn.sock)
+        try:
+            for i in range(50):
+                d["row"].incr(i, i)
+        finally:
+            conn.sock = spy.sock
+        assert d["row"] == {i: i for i in range(50)}
+        assert b"release" not in spy.sent
+        assert spy.sent.count(b"incr") == 50
+
+
+def test_a_dropped_proxy_is_released_by_the_second_call_after_the_drop() -> None:
+    with shoal.Manager() as m:
+        d = m.dict({"gone": {"a": 1}})
+        inner = d["gone"]
+        del d["gone"]                      # now only the proxy keeps the nested dict
+        assert _objects_seen_by_another_process(m) == 2
+        assert inner == {"a": 1}
+        del inner
+        gc.collect()
+        d["x"] = 1
+        d["x"] = 2
+        assert _objects_seen_by_another_process(m) == 1, m._debug_info()

@@ -58,6 +58,7 @@ def test_inspect_shows_objects_clients_and_the_holder(tmp_path: pathlib.Path) ->
             assert lock["holder_pid"] == p.pid and lock["held"] and lock["held_for"] >= 0
             (queue,) = state["queues"]
             assert queue["items"] == 2 and queue["getters_waiting"] == 0
+            assert state["persistence"] is None
 
             text = _inspect(served.address, _keyfile(tmp_path))
             assert "OBJECTS" in text and "CLIENTS" in text and "QUEUES" in text
@@ -80,3 +81,18 @@ def test_inspect_needs_the_key(tmp_path: pathlib.Path) -> None:
                               "--authkey-file", str(bad)], capture_output=True, text=True,
                              timeout=30)
         assert out.returncode == 1 and "authkey" in out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_inspect_shows_what_persistence_wrote_and_synced(tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "data"
+    for served in _serve(tmp_path, "--persist", str(data), "--fsync", "always"):
+        m = shoal.connect(served.address, authkey=KEY)
+        for i in range(10):
+            m.root[i] = i                    # one write at a time: one fsync each
+        state = json.loads(_inspect(served.address, _keyfile(tmp_path), "--json"))
+        p = state["persistence"]
+        assert p["dir"] == str(data) and p["fsync"] == "always" and p["failed"] is None
+        assert p["records"] >= 10 and 10 <= p["fsyncs"] <= p["records"]
+        assert p["journal_bytes"] > 0
+        assert "PERSISTENCE" in _inspect(served.address, _keyfile(tmp_path))

@@ -8,8 +8,11 @@ does not stop the others.
 References: the server counts, per connection, how many times it sent each object; the client
 counts the same receipts and, when its last proxy of an object dies, sends ``release(id, count)``.
 Because both counts are taken in order on one stream, a release can never drop a reference that
-is still in flight. Proxies' finalizers only queue the release; it goes out with the next call,
-or at once when the connection is idle.
+is still in flight. Proxies' finalizers only queue the release, and it waits one call more: it
+goes out with the second call after the drop unless a proxy of the same object was made again
+in between. So the usual ``d['row'].incr(k)`` in a loop, which makes and drops a proxy of the
+same nested object each time, costs no release at all; an object whose last proxy here was
+dropped stays in the server until this process's next two calls or its exit.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pickle
 import socket
 import threading
 import weakref
-from multiprocessing import util
+from multiprocessing import process, util
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +56,7 @@ class Connection:
         # What a proxy pickled into another process takes along to reconnect the same way.
         self.tls = tls if tls is None or isinstance(tls, (bool, str)) else True
         self.authkey = bytes(authkey)
+        self.authkey_string = process.AuthenticationString(authkey)  # what proxies keep
         self.stale = False
         self.closed = False
         self.pid = os.getpid()
@@ -81,6 +85,8 @@ class Connection:
         self._refs: dict[int, list[int]] = {}   # oid -> [live proxies, receipts]
         self._refs_lock = threading.Lock()
         self._dead: collections.deque[int] = collections.deque()
+        self._dying: dict[int, int] = {}  # oid -> receipts when its last proxy here died
+        self._release_all = False
         self._notes: list[list[Any]] = []        # notifications to send before the next request
         self.owned: dict[tuple[int, int], int] = {}  # (lock id, thread): acquisitions it holds
         self.puts_cannot_fail: dict[int, bool] = {}  # queue id: sent without waiting?
@@ -119,16 +125,22 @@ class Connection:
         return None
 
     def _make_proxy(self, oid: int, typeid: str) -> Any:
+        """A proxy for a reference just received: counts the receipt and the live proxy."""
         with self._refs_lock:
             entry = self._refs.get(oid)
             if entry is None:
-                self._refs[oid] = [0, 1]
+                self._refs[oid] = [1, 1]
             else:
+                entry[0] += 1
                 entry[1] += 1
-        cls = self.proxy_types.get(typeid)
-        if cls is None:
-            return default_proxy_factory[0](self, oid, typeid)
-        return cls._from_ref(self, oid, typeid)
+        try:
+            cls = self.proxy_types.get(typeid)
+            if cls is None:
+                return default_proxy_factory[0](self, oid, typeid)
+            return cls._from_ref(self, oid, typeid)
+        except BaseException:
+            self._dead.append(oid)       # no proxy after all; the receipt is released later
+            raise
 
     def track(self, oid: int, hold: bool) -> None:
         """A proxy of ``oid`` was made here; ``hold`` asks the server to keep it for us."""
@@ -144,36 +156,39 @@ class Connection:
     def untrack(self, oid: int) -> None:
         """Called from a proxy's finalizer: only queue (finalizers run at any moment)."""
         self._dead.append(oid)
-        if self.closed or self.stale:
-            return
-        # Send the release now if nobody is using the connection; else the next call sends it.
-        if not self._send_lock.acquire(blocking=False):
-            return
-        try:
-            notes = self._collect_notes()
-            if notes:
-                self.sock.sendall(notes)
-        except Exception:
-            pass
-        finally:
-            self._send_lock.release()
+
+    def release_dropped(self) -> None:
+        """Let the next call release every object whose proxies here are all gone, without the
+        usual wait of one call (for counting the server's objects)."""
+        self._release_all = True
 
     def _collect_notes(self) -> bytes:
-        """Turn dead proxies into releases; return queued notifications. Holds the send lock."""
+        """Queued notifications, with the releases that are due. Holds the send lock."""
         if not self._refs_lock.acquire(blocking=False):
             return b""
         try:
             dead, refs, notes = self._dead, self._refs, self._notes
+            due, dying = self._dying, {}
             while dead:
                 oid = dead.popleft()
                 entry = refs.get(oid)
-                if entry is None:
-                    continue
-                entry[0] -= 1
-                if entry[0] <= 0:
+                if entry is not None:
+                    entry[0] -= 1
+                    if entry[0] <= 0:
+                        dying[oid] = entry[1]
+            if self._release_all:
+                self._release_all = False
+                due.update(dying)
+                dying = {}
+            self._dying = dying
+            for oid, receipts in due.items():
+                entry = refs.get(oid)
+                # Released only if no proxy was made and no reference arrived since the drop.
+                if entry is not None and entry[0] <= 0 and entry[1] == receipts \
+                        and oid not in dying:
                     del refs[oid]
-                    if entry[1]:
-                        notes.append([0, "release", [oid, entry[1]]])
+                    if receipts:
+                        notes.append([0, "release", [oid, receipts]])
             if not notes:
                 return b""
             data = b"".join([self._frame(_NOTE_RID, msg) for msg in notes])
@@ -196,7 +211,7 @@ class Connection:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
         with self._send_lock:
             frame = self._frame(_NOTE_RID, [oid, name, args])
-            if self._notes or self._dead:
+            if self._notes or self._dead or self._dying:
                 frame = self._collect_notes() + frame
             try:
                 self.sock.sendall(frame)
@@ -222,7 +237,7 @@ class Connection:
                 raise ValueError(f"this call's arguments encode to {len(body)} bytes, over the "
                                  f"limit of {P.MAX_FRAME} bytes per call; split the value")
             frame = HEADER.pack(len(body), rid) + body
-            if self._notes or self._dead:
+            if self._notes or self._dead or self._dying:
                 frame = self._collect_notes() + frame
             try:
                 self.sock.sendall(frame)
@@ -268,7 +283,7 @@ class Connection:
         if self.closed:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
         with self._send_lock:
-            if self._notes or self._dead:
+            if self._notes or self._dead or self._dying:
                 data = self._collect_notes() + data
             try:
                 self.sock.sendall(data)

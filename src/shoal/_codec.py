@@ -122,7 +122,7 @@ class Codec:
             return ExtType(SLICE, self._packb([obj.start, obj.stop, obj.step]))
         ref = self._ref_of(obj)
         if ref is not None:
-            return ExtType(REF, self._packb(list(ref)))
+            return ExtType(REF, msgpack.packb(ref))
         if not self._pickle_unknown:
             raise TypeError(f"cannot send a value of type {t.__name__!r} (this connection "
                             f"carries built-in types only)")
@@ -141,8 +141,14 @@ class Codec:
         )
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
-        # Extension values nest through this hook (and msgpack's C code): bound the depth so a
-        # hostile value cannot exhaust the C stack.
+        if code == REF:     # [id, typeid]; decoded without this hook, so it cannot nest
+            ref = msgpack.unpackb(data)
+            if type(ref) is not list or len(ref) != 2 or type(ref[0]) is not int \
+                    or type(ref[1]) is not str:
+                raise ValueError("malformed reference")
+            return self._make_ref(ref[0], ref[1])
+        # Other extension values nest through this hook (and msgpack's C code): bound the depth
+        # so a hostile value cannot exhaust the C stack.
         local = self._local             # per thread: one codec decodes in many threads
         depth = getattr(local, "depth", 0) + 1
         if depth > MAX_EXT_DEPTH:
@@ -164,11 +170,6 @@ class Codec:
             return int.from_bytes(data, "big", signed=True)
         if code == OPAQUE:
             return self._from_opaque(data)
-        if code == REF:
-            oid, typeid = self.decode(data)
-            if type(oid) is not int or type(typeid) is not str:
-                raise ValueError("malformed reference")
-            return self._make_ref(oid, typeid)
         if code == SLICE:
             start, stop, step = self.decode(data)
             return slice(start, stop, step)

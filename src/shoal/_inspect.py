@@ -36,6 +36,12 @@ def render(state: dict[str, Any]) -> str:
     lines = [f"shoal server pid {s['pid']} on {s['address']}  up {_ago(s['uptime'])}  "
              f"{s['ops_per_sec']:.0f} ops/s  {s['calls']} calls  nested={s['nested']}"
              + ("  tls" if s["tls"] else ""), ""]
+    p = state.get("persistence")
+    if p is not None:
+        lines += [f"PERSISTENCE  {p['dir']}  fsync={p['fsync']}  journal {p['journal_bytes']} B  "
+                  f"snapshot {p['snapshot_bytes']} B  {p['records']} records  "
+                  f"{p['fsyncs']} fsyncs" + (f"  FAILED: {p['failed']}" if p["failed"] else ""),
+                  ""]
     lines.append("OBJECTS")
     lines.append(f"  {'type':<20} {'count':>8} {'entries':>10}")
     for typeid, k in sorted(state["objects"].items()):

@@ -305,11 +305,15 @@ class BaseManager:
 
     def _number_of_objects(self) -> int:
         """How many shared objects the server holds (besides its root)."""
-        return self._connection().call(0, "number_of_objects")  # type: ignore[no-any-return]
+        conn = self._connection()
+        conn.release_dropped()
+        return conn.call(0, "number_of_objects")  # type: ignore[no-any-return]
 
     def _debug_info(self) -> str:
         """One line per shared object the server holds."""
-        return self._connection().call(0, "debug_info")  # type: ignore[no-any-return]
+        conn = self._connection()
+        conn.release_dropped()
+        return conn.call(0, "debug_info")  # type: ignore[no-any-return]
 
 
 def _listable(x: Any) -> Any:

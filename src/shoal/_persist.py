@@ -141,6 +141,8 @@ class Store:
         self.snapshot_size = 0
         self._unsynced = False
         self.fsync_seconds = 0.0          # how long the last commit's fsync took
+        self.records = 0                  # records written to journals since the start
+        self.fsyncs = 0                   # fsyncs of journals since the start
         self._sync_lock = threading.Lock()
         self.failed: BaseException | None = None
         self._stop = threading.Event()
@@ -239,6 +241,7 @@ class Store:
         if not self.buffer:
             return
         data = b"".join(self.buffer)
+        records = len(self.buffer)
         self.buffer.clear()
         try:
             view = memoryview(data)
@@ -246,10 +249,12 @@ class Store:
                 n = self.io.write(self._fd, view)   # type: ignore[arg-type]
                 view = view[n:]
             self.journal_size += len(data)
+            self.records += records
             if self.fsync == "always":
                 started = time.perf_counter()
                 self.io.fsync(self._fd)
                 self.fsync_seconds = time.perf_counter() - started
+                self.fsyncs += 1
             else:
                 self._unsynced = True
         except OSError as e:
@@ -268,6 +273,7 @@ class Store:
             self._unsynced = False
             try:
                 self.io.fsync(self._fd)
+                self.fsyncs += 1
             except OSError as e:
                 self.failed = e
                 log.error("could not fsync the journal in %s: %s; writes are refused from now "

@@ -78,7 +78,7 @@ class BaseProxy:
         self._token = token
         self._id = token.id
         self._address = token.address
-        self._authkey = process.AuthenticationString(conn.authkey)
+        self._authkey = conn.authkey_string
         self._manager = manager
         self._serializer = conn.serializer
         if exposed is not None:
@@ -89,8 +89,16 @@ class BaseProxy:
 
     @classmethod
     def _from_ref(cls, conn: Connection, oid: int, typeid: str) -> BaseProxy:
+        """The proxy of a reference the connection received (and counted: ``_make_proxy``)."""
         self = cls.__new__(cls)
-        self._setup(Token(typeid, conn.address, oid), conn, None, None, False)
+        self._token = Token(typeid, conn.address, oid)
+        self._id = oid
+        self._address = conn.address
+        self._authkey = conn.authkey_string
+        self._manager = None
+        self._serializer = conn.serializer
+        self._conn = conn
+        self._tracked = True
         return self
 
     def _shoal_ref(self) -> tuple[int, str]:

@@ -192,11 +192,11 @@ class Conn:
         self._run(data)
 
     def _run(self, data: Any) -> None:
-        self.active = True
         """The hot path: parse every whole frame that has arrived, run each request, then write
         all their replies at once. Past _OUT_HIGH bytes of replies it stops, writes them, and
         reads no more from this client until they are out (one that does not read its replies
         cannot make the server buffer without bound)."""
+        self.active = True
         buf = self.inbuf
         if buf or not self.authed:
             buf += data
@@ -966,6 +966,11 @@ class Server:
                     "connected_for": round(now - c.since, 3), "holds": len(c.handles)}
                    for c in self.conns if c.authed]
         address = self.address if isinstance(self.address, str) else list(self.address)
+        store = self.store
+        persistence = None if store is None else {
+            "dir": store.dir, "fsync": store.fsync, "journal_bytes": store.journal_size,
+            "snapshot_bytes": store.snapshot_size, "records": store.records,
+            "fsyncs": store.fsyncs, "failed": None if store.failed is None else str(store.failed)}
         return {
             "server": {"pid": os.getpid(), "address": address, "nested": self.nested,
                        "started": round(self.started, 3), "uptime": round(now - self.started, 3),
@@ -975,6 +980,7 @@ class Server:
             "clients": sorted(clients, key=lambda c: c["since"]),
             "locks": sorted(locks, key=lambda x: x["id"]),
             "queues": sorted(queues, key=lambda x: x["id"]),
+            "persistence": persistence,
         }
 
     def number_of_objects(self) -> int:
