@@ -99,6 +99,7 @@ def _forget_connections() -> None:
 WRITE_CASES: list[tuple[str, int, str, str]] = [
     ("shoal, `fsync=\"always\"`", 1, "shoal", "always"),
     ("shoal, `fsync=\"always\"`", 4, "shoal", "always"),
+    ("shoal, `fsync=\"always\"`", 8, "shoal", "always"),
     ("shoal, `fsync=\"everysec\"`", 4, "shoal", "everysec"),
     ("shoal, `fsync=\"no\"`", 4, "shoal", "no"),
     ("shoal, no persistence", 4, "shoal", "none"),
@@ -275,11 +276,21 @@ def write_systems(base: str) -> Iterator[dict[tuple[str, str], Any]]:
         yield handles
 
 
+def _journal_counts(d: Any) -> tuple[int, int]:
+    """(records written, fsyncs) of the journal of the server behind proxy ``d``."""
+    p = d._conn.call(0, "inspect")["persistence"]
+    return p["records"], p["fsyncs"]
+
+
 def measure_writes(rounds: int, duration: float, base: str, engine_ops: int
-                   ) -> tuple[dict[int, list[float]], list[float], dict[int, list[float]]]:
+                   ) -> tuple[dict[int, list[float]], list[float], dict[int, list[float]],
+                              dict[int, list[float]]]:
     """({case index: [writes/s per round]}, every fsync latency measured, {engine case index:
-    [µs per write per round]}) over ``rounds``."""
+    [µs per write per round]}, {shoal `always` case index: [writes per fsync per round]}) over
+    ``rounds``."""
     res: dict[int, list[float]] = {i: [] for i in range(len(WRITE_CASES))}
+    per_fsync: dict[int, list[float]] = {i: [] for i, c in enumerate(WRITE_CASES)
+                                         if c[2:] == ("shoal", "always")}
     fsyncs: list[float] = []
     engines: dict[int, list[float]] = {i: [] for i in range(len(ENGINE_CASES))}
     with write_systems(base) as handles:
@@ -289,7 +300,12 @@ def measure_writes(rounds: int, duration: float, base: str, engine_ops: int
             for i in (order if r % 2 == 0 else order[::-1]):
                 _, n, kind, setting = WRITE_CASES[i]
                 gc.collect()
-                res[i].append(run_writers(kind, handles[(kind, setting)], n, duration))
+                handle = handles[(kind, setting)]
+                before = _journal_counts(handle) if i in per_fsync else (0, 0)
+                res[i].append(run_writers(kind, handle, n, duration))
+                if i in per_fsync:
+                    after = _journal_counts(handle)
+                    per_fsync[i].append((after[0] - before[0]) / max(1, after[1] - before[1]))
             fsyncs += fsync_latency(base, 200)
             eorder = list(range(len(ENGINE_CASES)))
             for i in (eorder if r % 2 == 0 else eorder[::-1]):
@@ -298,7 +314,7 @@ def measure_writes(rounds: int, duration: float, base: str, engine_ops: int
                 engines[i].append(engine_cost(base, engine, fsync,
                                               engine_ops // 20 if fsync else engine_ops))
             print(f"  writes round {r + 1}/{rounds} done (load {_load()})", file=sys.stderr)
-    return res, fsyncs, engines
+    return res, fsyncs, engines, per_fsync
 
 
 def engine_table(engines: dict[int, list[float]]) -> str:
@@ -314,9 +330,11 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def writes_table(res: dict[int, list[float]], fsyncs: list[float]) -> tuple[str, str]:
+def writes_table(res: dict[int, list[float]], fsyncs: list[float],
+                 per_fsync: dict[int, list[float]]) -> tuple[str, str]:
     """(the table, the lines comparing it with the goals)."""
     med = {i: statistics.median(v) for i, v in res.items()}
+    carried = {i: statistics.median(v) for i, v in per_fsync.items()}
     fs = statistics.median(fsyncs)
     ceiling = 1 / fs
 
@@ -324,14 +342,21 @@ def writes_table(res: dict[int, list[float]], fsyncs: list[float]) -> tuple[str,
         return next(med[i] for i, c in enumerate(WRITE_CASES) if c[1:] == (n, kind, setting))
 
     none4 = find("shoal", "none", 4)
-    lines = ["| system | clients | writes/s | µs per write | vs shoal without persistence |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [("| system | clients | writes/s | µs per write | vs shoal without persistence "
+              "| writes per fsync |"), "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for i, (label, n, kind, setting) in enumerate(WRITE_CASES):
         w = med[i]
-        lines.append(f"| {label} | {n} | {w:,.0f} | {1e6 / w:,.1f} | {w / none4:.2f}× |")
+        each = f"{carried[i]:.2f}" if i in carried else "—"
+        lines.append(f"| {label} | {n} | {w:,.0f} | {1e6 / w:,.1f} | {w / none4:.2f}× "
+                     f"| {each} |")
     lines.append(f"| one `os.fsync` per write (1 / median fsync latency) | — | {ceiling:,.0f} | "
-                 f"{fs * 1e6:,.1f} | {ceiling / none4:.2f}× |")
+                 f"{fs * 1e6:,.1f} | {ceiling / none4:.2f}× | 1 |")
     always1, always4 = find("shoal", "always", 1), find("shoal", "always", 4)
+    always8 = find("shoal", "always", 8)
+
+    def carried_by(n: int) -> float:
+        return next(carried[i] for i, c in enumerate(WRITE_CASES)
+                    if c[1:] == (n, "shoal", "always"))
     everysec, no = find("shoal", "everysec", 4), find("shoal", "no", 4)
     sqlite4 = find("sqlite", "FULL", 4)
     goals = [
@@ -341,7 +366,10 @@ def writes_table(res: dict[int, list[float]], fsyncs: list[float]) -> tuple[str,
         (f"- Group commit (goal: 4 clients with `always` many times one fsync per write): 4 "
          f"clients write {always4:,.0f}/s, {always4 / always1:.2f}× one client with `always` "
          f"({always1:,.0f}/s) and {always4 / ceiling:.2f}× one fsync per write "
-         f"({ceiling:,.0f}/s)."),
+         f"({ceiling:,.0f}/s). Each fsync carried {carried_by(4):.2f} writes (the server's own "
+         f"counts, `shoal inspect`'s `persistence`), of at most 4 while each client has one "
+         f"write in flight; 8 clients: {always8:,.0f}/s, {carried_by(8):.2f} writes per "
+         f"fsync."),
         (f"- `everysec` beside no persistence (goal: within 1.5×): {none4 / everysec:.2f}× "
          f"slower; `no`: {none4 / no:.2f}× slower."),
         (f"- The alternative engine: SQLite in WAL mode with `synchronous=FULL`, 4 writers: "
@@ -356,8 +384,9 @@ def writes_table(res: dict[int, list[float]], fsyncs: list[float]) -> tuple[str,
 def part_writes(args: argparse.Namespace) -> str:
     load = _load()
     with tempfile.TemporaryDirectory(prefix="bench-persist-", dir=args.dir) as base:
-        res, fsyncs, engines = measure_writes(args.rounds, args.duration, base, args.engine_ops)
-    tbl, goals = writes_table(res, fsyncs)
+        res, fsyncs, engines, per_fsync = measure_writes(args.rounds, args.duration, base,
+                                                         args.engine_ops)
+    tbl, goals = writes_table(res, fsyncs, per_fsync)
     return f"""### Write throughput under each fsync policy
 
 `d[k] = v` on 1,000 int keys with int values, from client processes started together (each

@@ -1088,3 +1088,40 @@ def test_locked_on_a_container_waits_for_a_lock_held_inside_it(m: shoal.SyncMana
             p.kill()                                    # ends a deadlock, if any
             p.join(5)
         t.join(5)
+
+
+
+def _put_many_and_exit(q: Any, n: int, ready: Any, go: Any) -> None:
+    q.put(-2)                    # connected
+    q.put(-1)                    # and knows that its puts cannot fail
+    ready.set()
+    go.wait(30)
+    for i in range(n):
+        q.put(i)                 # an unbounded queue: sent without waiting for the reply
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_process_ends_only_once_the_server_has_what_it_sent_without_waiting(
+        method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    with shoal.Manager() as m:
+        q = m.Queue()
+        ready, go = ctx.Event(), ctx.Event()
+        p = ctx.Process(target=_put_many_and_exit, args=(q, 50, ready, go))
+        p.start()
+        assert ready.wait(30)
+        server = m._process.pid
+        os.kill(server, signal.SIGSTOP)
+        try:
+            go.set()
+            # The 50 puts fit in the socket buffer, but the child's goodbye waits for the answer
+            # of the stopped server: it must not have ended.
+            p.join(0.5)
+            assert p.exitcode is None
+        finally:
+            os.kill(server, signal.SIGCONT)
+        p.join(30)
+        assert p.exitcode == 0
+        assert q.qsize() == 52
+        assert [q.get_nowait() for _ in range(52)] == list(range(-2, 50))

@@ -37,6 +37,7 @@ __all__ = ["Connection", "get_connection", "proxy_types"]
 
 HEADER = P.HEADER
 _NOTE_RID = 0
+_GOODBYE_WAIT = 2.0     # seconds an ending process waits for the server to take its goodbye
 _NONE_BODY = Codec().encode([P.REPLY_OK, None])
 _NONE = (P.REPLY_OK, None)
 
@@ -107,9 +108,12 @@ class Connection:
         self = ref()
         if self is None or self.closed or self.pid != os.getpid():
             return
+        # Wait (a bounded time) for the server's answer: then everything this process sent has
+        # been applied, calls sent without waiting included, so a process that joins this one
+        # sees all of its writes and puts.
         try:
-            with self._send_lock:
-                self.sock.sendall(self._collect_notes() + self._frame(_NOTE_RID, [0, "goodbye", []]))
+            self.sock.settimeout(_GOODBYE_WAIT)
+            self.call(0, "goodbye")
         except Exception:
             pass
 
