@@ -93,6 +93,7 @@ class Conn:
         self.dirty = False
         self.paused = False       # its replies are over the limit: not read until they are out
         self.active = False       # it sent something since the server last looked
+        self.parked = 0           # its requests whose reply comes later (a blocked acquire...)
         self.events = READ
         self.involved: weakref.WeakSet[Any] = weakref.WeakSet()  # sync objects it holds or waits on
         self.pid: int | None = None
@@ -279,8 +280,11 @@ class Conn:
             self.server.dirty.append(self)
 
     def reply(self, rid: int, value: Any) -> None:
+        """The reply to a request that was parked (or ran elsewhere)."""
         if self.closed or not rid:
             return
+        if self.parked:
+            self.parked -= 1
         try:
             body = self.encode([P.REPLY_OK, value])
         except Exception as e:
@@ -291,6 +295,8 @@ class Conn:
     def reply_error(self, rid: int, e: BaseException, custom: bool = False) -> None:
         if self.closed or not rid:
             return
+        if self.parked:
+            self.parked -= 1
         body = self.encode_error(e, custom)
         self.out.append(HEADER.pack(len(body), rid) + body)
         self.mark_dirty()
@@ -525,6 +531,7 @@ class Server:
         self.guarded.discard(obj)
         waiting, g.queue = g.queue, deque()
         for conn, rid, body in waiting:
+            conn.parked -= 1
             if not conn.closed:
                 self.handle(conn, rid, body)
                 if conn.out:
@@ -552,6 +559,7 @@ class Server:
                     holder = self.inner_blocker(obj, conn)
                 if holder is not None:   # another client holds a per-object lock over obj
                     holder.guard.queue.append((conn, rid, body))  # type: ignore[union-attr]
+                    conn.parked += 1
                     conn.involved.add(holder)
                     return
             self.current, self.current_rid = conn, rid
@@ -566,7 +574,11 @@ class Server:
                 result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
             if result is None:
                 out = _NONE_REPLY
-            elif result is PENDING or not rid:
+            elif result is PENDING:
+                if rid:
+                    conn.parked += 1
+                return
+            elif not rid:
                 return
             else:
                 out = conn.encode([0, result])
@@ -601,7 +613,11 @@ class Server:
                 records.append(frame_record(self.journal_codec.encode([0, start_oid, body])))
             if result is None:
                 out = _NONE_REPLY
-            elif result is PENDING or not rid:
+            elif result is PENDING:
+                if rid:
+                    conn.parked += 1
+                return
+            elif not rid:
                 return
             else:
                 out = conn.encode([0, result])
@@ -921,12 +937,16 @@ class Server:
         self.loop.close()
 
     def _watch_activity(self) -> None:
-        """Let the loop spin only while the busy clients leave a CPU free for it."""
+        """Let the loop spin only while the busy clients leave a CPU free for it. A client
+        that sent requests lately is busy, unless it now waits for a parked one (a lock held
+        by another): then it sleeps, and the one it waits for runs faster with a spinning
+        server."""
         busy = 0
         for conn in self.conns:
             if conn.active:
                 conn.active = False
-                busy += 1
+                if not conn.parked:
+                    busy += 1
         self.loop.spin = busy < _CPUS
         self.loop.call_later(0.05, self._watch_activity)
 
