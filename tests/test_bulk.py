@@ -125,3 +125,24 @@ def test_pipelined_writes_survive_a_restart(tmp_path: pathlib.Path) -> None:
                 pr[i] = i * i
     with shoal.Manager(persist=tmp_path, fsync="always") as m:
         assert len(m.root) == 1_500 and m.root[1_499] == 1_499 ** 2
+
+
+@pytest.mark.parametrize("where", [0, 49_999, 99_999])
+def test_a_large_update_still_shares_a_nested_container_wherever_it_is(
+        manager: shoal.SyncManager, where: int) -> None:
+    # Requests over 64 KiB are decoded counting their containers, so that a flat update skips
+    # looking at each value; one nested dict or list anywhere must still become shared.
+    d = manager.dict()
+    big: dict[int, object] = {i: i for i in range(100_000)}
+    big[where] = {"inner": [1]}
+    d.update(big)
+    d[where]["inner"].append(2)                   # written through: it is shared
+    assert d[where] == {"inner": [1, 2]}
+    assert len(d) == 100_000 and d[where + 1 if where < 99_999 else 0] in (where + 1, 0)
+    flat = {i: -i for i in range(100_000)}
+    d.update(flat)                                # the counted, flat case
+    assert d.get_many([0, 5, 99_999]) == [0, -5, -99_999]
+    d.update({"t": (1, [2]), **flat}, extra={"k": 1})   # a list in a tuple stays a value
+    assert d["t"] == (1, [2]) and d["extra"]["k"] == 1
+    d["extra"]["k"] = 2
+    assert d["extra"] == {"k": 2}

@@ -278,3 +278,31 @@ def test_a_dropped_proxy_is_released_by_the_second_call_after_the_drop() -> None
         d["x"] = 1
         d["x"] = 2
         assert _objects_seen_by_another_process(m) == 1, m._debug_info()
+
+
+def test_copy_is_plain_and_deep_and_keeps_shared_objects_as_proxies(
+        manager: shoal.SyncManager) -> None:
+    d = manager.dict({"n": 1, "row": {"a": [1, (2, {"b": 3})]}})
+    lock = manager.Lock()
+    d["lock"] = lock
+    got = d.copy()
+    assert type(got) is dict and type(got["row"]) is dict and type(got["row"]["a"]) is list
+    assert got["row"] == {"a": [1, (2, {"b": 3})]} and got["n"] == 1
+    assert isinstance(got["lock"], shoal.BaseProxy) and got["lock"]._id == lock._id
+    got["row"]["a"].append(4)                     # a copy: the shared one is unchanged
+    assert d["row"]["a"] == [1, (2, {"b": 3})]
+    assert manager.list([[1], {"x": [2]}]).copy() == [[1], {"x": [2]}]
+
+
+def test_copy_of_a_container_inside_itself_keeps_the_reference_and_leaks_nothing() -> None:
+    with shoal.Manager() as m:
+        d = m.dict({"lock": m.Lock()})
+        d["me"] = d                               # a cycle: d holds itself
+        got = d.copy()
+        assert set(got) == {"lock", "me"} and isinstance(got["me"], shoal.DictProxy)
+        assert got["me"]._id == d._id
+        del got
+        gc.collect()
+        del d["me"], d
+        gc.collect()
+        assert m._number_of_objects() == 0, m._debug_info()

@@ -140,6 +140,20 @@ class Codec:
             data, ext_hook=self._ext_hook, raw=False, strict_map_key=False, use_list=True
         )
 
+    def decode_counting(self, data: bytes | memoryview) -> tuple[Any, int]:
+        """``decode``, and how many maps and arrays the value holds (itself included; those in
+        tuples and sets not counted). For a large request, this tells the server that a bulk
+        argument holds no nested container without scanning its items."""
+        count = 0
+
+        def seen(container: Any) -> Any:
+            nonlocal count
+            count += 1
+            return container
+        value = msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False, strict_map_key=False,
+                                use_list=True, list_hook=seen, object_hook=seen)
+        return value, count
+
     def _ext_hook(self, code: int, data: bytes) -> Any:
         if code == REF:     # [id, typeid]; decoded without this hook, so it cannot nest
             ref = msgpack.unpackb(data)

@@ -23,7 +23,7 @@ from ._client import get_connection
 from ._errors import ConnectionLost
 from ._proxies import (ArrayProxy, AutoProxy, BaseProxy, DictProxy, ListProxy, NamespaceProxy,
                        Token, ValueProxy)
-from ._server import Registration, Server
+from ._server import Registration, Server, keep_freed_memory
 from ._syncproxies import (AsyncResultProxy, BarrierProxy, ConditionProxy, EventProxy,
                            IteratorProxy, LockProxy, PoolProxy, QueueProxy, RLockProxy,
                            SemaphoreProxy)
@@ -212,6 +212,7 @@ class BaseManager:
                     initializer: Callable[..., Any] | None = None, initargs: Any = (),
                     persist: str | None = None, fsync: str = "everysec") -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the owner, who shuts us down
+        keep_freed_memory()
         if initializer is not None:
             initializer(*initargs)
         try:

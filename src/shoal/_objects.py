@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._server import Server
 
 __all__ = ["Shared", "SDict", "SList", "SNamespace", "SValue", "SArray", "SCustom", "op", "plain",
-           "PENDING", "NATIVE_TYPES"]
+           "PENDING", "NATIVE_TYPES", "Plain"]
 
 PENDING = object()   # an op's result meaning "the reply is sent later" (blocking primitives)
 #: What a successful acquire returns when the previous holder died holding the lock.
@@ -158,6 +158,16 @@ class ObjectLock:
         self.since = 0.0
 
 
+class Plain:
+    """An op's result that goes as a plain deep copy (``copy()``): the server's encoder expands
+    the shared dicts and lists in it as it meets them, without building the copy first."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 def plain(v: Any, active: set[int] | None = None) -> Any:
     """A deep copy of ``v`` with shared dicts and lists turned into plain ones.
 
@@ -294,8 +304,9 @@ class SDict(Shared):
         if isinstance(other, SDict):
             other = other.data
         if type(other) is dict and not kw:
-            # The bulk path: only nested plain containers need work, the rest goes as it is.
-            if not _NESTABLE.isdisjoint(map(type, other.values())):
+            # The bulk path: only nested plain containers need work, the rest goes as it is
+            # (a large request was counted while decoded: flat_args says there is none).
+            if not self.server.flat_args and not _NESTABLE.isdisjoint(map(type, other.values())):
                 other = {k: share(v, self) if type(v) in _NESTABLE else v
                          for k, v in other.items()}
             self.data.update(other)
@@ -318,8 +329,8 @@ class SDict(Shared):
         self.data.clear()
 
     @op("copy", "_getvalue")
-    def copy(self) -> dict[Any, Any]:
-        return plain(self)  # type: ignore[no-any-return]
+    def copy(self) -> Plain:
+        return Plain(self)
 
     @op("incr", write=True)
     def incr(self, key: Any, by: Any = 1, default: Any = 0) -> Any:
@@ -439,8 +450,8 @@ class SList(Shared):
         self.data.clear()
 
     @op("copy", "_getvalue")
-    def copy(self) -> list[Any]:
-        return plain(self)  # type: ignore[no-any-return]
+    def copy(self) -> Plain:
+        return Plain(self)
 
     @op("replace_if", write=True)
     def replace_if(self, expected: list[Any], new: list[Any]) -> bool:
@@ -518,8 +529,8 @@ class SNamespace(Shared):
             raise AttributeError(name) from None
 
     @op("_dict", "_getvalue")
-    def dict(self) -> dict[str, Any]:
-        return plain(self.attrs)  # type: ignore[no-any-return]
+    def dict(self) -> Plain:
+        return Plain(self.attrs)
 
 
 class SValue(Shared):

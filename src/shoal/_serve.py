@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from ._persist import StoreError
-from ._server import Server
+from ._server import Server, keep_freed_memory
 from ._transport import Address, parse_address
 
 __all__ = ["read_authkey", "format_address", "serve"]
@@ -78,6 +78,7 @@ def serve(address: str, authkey_file: str, tls_cert: str | None = None,
         context = server_tls(tls_cert, tls_key)
         if isinstance(where, str) and context is not None:
             raise ConfigError("TLS is for TCP addresses; a Unix socket is already private")
+        keep_freed_memory()
         server = Server(where, key, tls=context, handshake_timeout=handshake_timeout,
                         max_connections=max_connections, persist=persist, fsync=fsync)
     except (ConfigError, ValueError, StoreError) as e:

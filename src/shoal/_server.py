@@ -9,6 +9,7 @@ so an object is freed exactly when nothing refers to it; a dropped connection dr
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -30,13 +31,32 @@ from ._persist import FileIO, Store, StoreError
 from ._persist import frame as frame_record
 from ._loop import READ, WRITE, Loop, Timer
 from ._sync import SYNC_TYPES
-from ._objects import NATIVE_TYPES, PENDING, SCustom, SDict, SList, Shared, op
+from ._objects import NATIVE_TYPES, PENDING, Plain, SCustom, SDict, SList, Shared, op, plain
 from ._transport import Address, listen
 
-__all__ = ["Server", "Registration"]
+__all__ = ["Server", "Registration", "keep_freed_memory"]
 
 log = logging.getLogger("shoal.server")
 HEADER = P.HEADER
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # glibc's mallopt parameters
+_BULK_BODY = 64 * 1024    # a request this large is decoded counting its containers
+
+
+def keep_freed_memory() -> None:
+    """In a server's own process: let glibc's malloc keep freed memory for reuse (up to 64 MiB
+    at the top of the heap; blocks under 32 MiB from the heap, not from fresh mappings of their
+    own). Its default gives a large request's buffers back to the kernel when they are freed,
+    so the next one pays a page fault per 4 KiB again: on the machines measured that was a
+    third of the time of a 100,000-entry ``update`` (docs/architecture.md). Elsewhere than
+    glibc: nothing to do."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+
+
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _GROUP_WAIT = 0.0002      # the longest a commit waits for more clients to join its group
 _OUT_HIGH = 32 * 1024 * 1024      # bytes of unsent replies past which a client is not read
@@ -145,6 +165,32 @@ class Conn:
         server = self.server
         server.encoding_for = self
         return server.codec.encode(value)
+
+    def encode_plain(self, value: Any) -> bytes:
+        """Encode a reply carrying a plain deep copy of ``value``: the shared dicts and lists in
+        it go as their contents. A container inside itself (past the encoder's depth limit) is
+        copied by ``plain`` instead, which keeps a reference where the cycle closes; the
+        references counted by the failed attempt are taken back first."""
+        server = self.server
+        server.encoding_for = self
+        codec = server.plain_codec
+        counted = codec.counted = []
+        try:
+            return codec.encode([0, value])
+        except ValueError:
+            for obj in counted:
+                self.unref(obj.oid)
+            return server.codec.encode([0, plain(value)])
+        finally:
+            codec.counted = []        # it must not keep the objects alive
+
+    def unref(self, oid: int, n: int = 1) -> None:
+        """Take back ``n`` of the references to ``oid`` this client was sent."""
+        h = self.handles.get(oid)
+        if h is not None:
+            h[1] -= n
+            if h[1] <= 0:
+                del self.handles[oid]
 
     def _ref_of(self, obj: Any) -> tuple[int, str] | None:
         if not isinstance(obj, Shared):
@@ -424,6 +470,7 @@ class Server:
         self.dirty: list[Conn] = []
         self.current: Conn | None = None      # the connection whose request is running
         self.current_rid = 0
+        self.flat_args = False     # the running request's arguments nest no container
         self.guarded: set[Shared] = set()     # objects whose per-object lock is held now
         self._executor: ThreadPoolExecutor | None = None
         self.share: Callable[..., Any] = self._share if nested == "share" else _identity
@@ -437,6 +484,8 @@ class Server:
         self.encoding_for: Conn | None = None
         self.codec = Codec(ref_of=lambda obj: self.encoding_for._ref_of(obj),  # type: ignore[union-attr]
                            make_ref=self.lookup_ref, from_opaque=Opaque)
+        self.plain_codec = _PlainCodec(ref_of=lambda obj: self.encoding_for._ref_of(obj),  # type: ignore[union-attr]
+                                       make_ref=self.lookup_ref, from_opaque=Opaque)
         self.journal_codec = Codec(ref_of=_ref_of_shared, make_ref=self._restore_ref,
                                    from_opaque=Opaque, pickle_unknown=False)
         self._restoring = False
@@ -542,12 +591,21 @@ class Server:
     def handle(self, conn: Conn, rid: int, body: bytes) -> None:
         """Run one request. Its reply goes to ``conn.out``; the caller writes it."""
         try:
-            msg = self.codec.decode(body)
+            if len(body) < _BULK_BODY:
+                msg = self.codec.decode(body)
+                self.flat_args = False
+            else:
+                msg, containers = self.codec.decode_counting(body)
             if type(msg) is not list or not 3 <= len(msg) <= 4:
                 raise TypeError("malformed request: not [object id, method, args(, kwargs)]")
             oid, name, args = msg[0], msg[1], msg[2]
             if type(args) is not list or type(name) is not str:
                 raise TypeError("malformed request")
+            if len(body) >= _BULK_BODY:
+                # No container below the arguments' top level: a bulk op (update) can take a
+                # dict argument as it is, without looking at each value.
+                self.flat_args = containers == len(msg) - 1 + sum(
+                    1 for a in args if type(a) is dict or type(a) is list)
             ref = self.objects.get(oid)
             obj = ref() if ref is not None else None
             if obj is None:
@@ -580,6 +638,8 @@ class Server:
                 return
             elif not rid:
                 return
+            elif type(result) is Plain:
+                out = conn.encode_plain(result.value)
             else:
                 out = conn.encode([0, result])
         except Exception as e:
@@ -619,6 +679,8 @@ class Server:
                 return
             elif not rid:
                 return
+            elif type(result) is Plain:
+                out = conn.encode_plain(result.value)
             else:
                 out = conn.encode([0, result])
         except Exception as e:
@@ -1023,6 +1085,22 @@ def _identity(value: Any, parent: Any = None) -> Any:
     return value
 
 
+class _PlainCodec(Codec):
+    """The server's codec for ``copy()`` replies: a shared dict or list goes as its contents;
+    other shared objects go as references (counted, and listed in ``counted``)."""
+
+    counted: list[Shared]        # set by Conn.encode_plain before each use
+
+    def _default(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is SDict or t is SList:
+            return obj.data
+        ref = super()._default(obj)
+        if isinstance(obj, Shared):
+            self.counted.append(obj)
+        return ref
+
+
 def _ref_of_shared(obj: Any) -> tuple[int, str] | None:
     return (obj.oid, obj.typeid) if isinstance(obj, Shared) else None
 
@@ -1057,12 +1135,7 @@ class ServerOps(Shared):
 
     @op("release")
     def release(self, oid: int, n: int) -> None:
-        handles = self.server.current.handles  # type: ignore[union-attr]
-        h = handles.get(oid)
-        if h is not None:
-            h[1] -= n
-            if h[1] <= 0:
-                del handles[oid]
+        self.server.current.unref(oid, n)  # type: ignore[union-attr]
 
     @op("hold")
     def hold(self, oid: int) -> None:
