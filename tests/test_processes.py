@@ -190,3 +190,23 @@ def test_tcp_on_a_free_port() -> None:
         other = shoal.connect(f"tcp://{host}:{port}", authkey=b"k" * 16)
         other.root["x"] = [1]
         assert m.root["x"] == [1]
+
+
+def _sleeps(pid: int) -> int:
+    """How many times process ``pid`` has gone to sleep (its voluntary context switches)."""
+    with open(f"/proc/{pid}/status") as f:
+        return sum(int(line.split()[1]) for line in f
+                   if line.startswith("voluntary_ctxt_switches"))
+
+
+def test_an_idle_server_sleeps() -> None:
+    with shoal.Manager() as m:
+        d = m.dict()
+        for i in range(1000):
+            d[i] = i                      # busy: the server watches its clients' activity
+        time.sleep(0.3)                   # then idle: it stops looking
+        pid = m._process.pid
+        before = _sleeps(pid)
+        time.sleep(2)
+        assert _sleeps(pid) - before <= 10   # timers of 1 s and 0.5 s; it was 41 (every 50 ms)
+        assert d[999] == 999              # and it wakes for the next request

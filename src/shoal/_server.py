@@ -243,7 +243,9 @@ class Conn:
         all their replies at once. Past _OUT_HIGH bytes of replies it stops, writes them, and
         reads no more from this client until they are out (one that does not read its replies
         cannot make the server buffer without bound)."""
-        self.active = True
+        if not self.active:
+            self.active = True
+            self.server.watch_activity()
         buf = self.inbuf
         if buf or not self.authed:
             buf += data
@@ -503,7 +505,7 @@ class Server:
         self.calls = 0
         self._rate = (time.monotonic(), 0, 0.0)     # (when, calls then, calls per second)
         self.loop.call_later(1.0, self._sample_rate)
-        self.loop.call_later(0.05, self._watch_activity)
+        self._watching = False        # _watch_activity is due (while clients are active)
         if owner_pid is not None:
             self._watch_owner(owner_pid)
 
@@ -1003,14 +1005,23 @@ class Server:
         that sent requests lately is busy, unless it now waits for a parked one (a lock held
         by another): then it sleeps, and the one it waits for runs faster with a spinning
         server."""
-        busy = 0
+        busy = active = 0
         for conn in self.conns:
             if conn.active:
                 conn.active = False
+                active += 1
                 if not conn.parked:
                     busy += 1
         self.loop.spin = busy < _CPUS
-        self.loop.call_later(0.05, self._watch_activity)
+        if active:
+            self.loop.call_later(0.05, self._watch_activity)
+        else:                # idle: look again once a client sends something
+            self._watching = False
+
+    def watch_activity(self) -> None:
+        if not self._watching:
+            self._watching = True
+            self.loop.call_later(0.05, self._watch_activity)
 
     def _sample_rate(self) -> None:
         now, calls = time.monotonic(), self.calls
