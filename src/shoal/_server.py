@@ -506,6 +506,7 @@ class Server:
         self._rate = (time.monotonic(), 0, 0.0)     # (when, calls then, calls per second)
         self.loop.call_later(1.0, self._sample_rate)
         self._watching = False        # _watch_activity is due (while clients are active)
+        self._newly_active = 0        # clients that became active since it last looked
         if owner_pid is not None:
             self._watch_owner(owner_pid)
 
@@ -1013,12 +1014,19 @@ class Server:
                 if not conn.parked:
                     busy += 1
         self.loop.spin = busy < _CPUS
+        self._newly_active = 0
         if active:
             self.loop.call_later(0.05, self._watch_activity)
         else:                # idle: look again once a client sends something
             self._watching = False
 
     def watch_activity(self) -> None:
+        """A client sent its first request since the last look. Once as many clients as there
+        are CPUs have, the loop stops spinning at once (a burst of work from idle would
+        otherwise run its first 50 ms with a spinning server taking a client's CPU)."""
+        self._newly_active += 1
+        if self._newly_active >= _CPUS:
+            self.loop.spin = False
         if not self._watching:
             self._watching = True
             self.loop.call_later(0.05, self._watch_activity)
