@@ -146,3 +146,12 @@ def test_a_large_update_still_shares_a_nested_container_wherever_it_is(
     assert d["t"] == (1, [2]) and d["extra"]["k"] == 1
     d["extra"]["k"] = 2
     assert d["extra"] == {"k": 2}
+
+
+def test_a_pipeline_keeps_the_proxies_it_sends_alive_until_they_are_sent(
+        manager: shoal.SyncManager) -> None:
+    d = manager.dict()
+    with shoal.pipeline(d) as pd:
+        for i in range(5):
+            pd[i] = manager.list([i])             # each new list's only proxy is dropped here
+    assert [d[i] for i in range(5)] == [[0], [1], [2], [3], [4]]

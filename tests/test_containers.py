@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import fractions
 import gc
+import time
 import multiprocessing
 from typing import Any
 
@@ -306,3 +307,28 @@ def test_copy_of_a_container_inside_itself_keeps_the_reference_and_leaks_nothing
         del d["me"], d
         gc.collect()
         assert m._number_of_objects() == 0, m._debug_info()
+
+
+def test_copy_through_a_tuple_cycle_and_of_a_container_reached_twice(
+        manager: shoal.SyncManager) -> None:
+    d = manager.dict({"lock": manager.Lock()})
+    d["t"] = (d, 1)                               # a cycle through a tuple
+    got = d.copy()
+    assert got["t"][1] == 1 and got["t"][0]._id == d._id
+    shared = manager.dict({"x": [1]})
+    e = manager.dict()
+    e["a"] = shared
+    e["b"] = shared                               # one container under two keys
+    assert e.copy() == {"a": {"x": [1]}, "b": {"x": [1]}}
+    del d["t"]
+
+
+def test_copy_of_a_big_container_inside_itself_is_not_expanded_again_and_again(
+        manager: shoal.SyncManager) -> None:
+    d = manager.dict({i: "x" * 100 for i in range(20_000)})
+    d["self"] = d
+    started = time.monotonic()
+    got = d.copy()
+    assert len(got) == 20_001 and got["self"]._id == d._id
+    assert time.monotonic() - started < 5       # 511 nested copies would take far longer
+    del d["self"]

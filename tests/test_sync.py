@@ -1125,3 +1125,34 @@ def test_a_process_ends_only_once_the_server_has_what_it_sent_without_waiting(
         assert p.exitcode == 0
         assert q.qsize() == 52
         assert [q.get_nowait() for _ in range(52)] == list(range(-2, 50))
+
+
+def _exit_with_a_thread_blocked_in_acquire(lock: Any, ready: Any, go: Any) -> None:
+    threading.Thread(target=lock.acquire, daemon=True).start()   # it reads the replies
+    time.sleep(0.3)
+    ready.set()
+    go.wait(30)
+
+
+@pytest.mark.timeout(60)
+def test_a_process_ends_in_bounded_time_when_the_server_does_not_answer_its_goodbye() -> None:
+    ctx = multiprocessing.get_context("fork")
+    with shoal.Manager() as m:
+        lock = m.Lock()
+        lock.acquire()                     # the child's thread blocks on it for ever
+        ready, go = ctx.Event(), ctx.Event()
+        p = ctx.Process(target=_exit_with_a_thread_blocked_in_acquire, args=(lock, ready, go))
+        p.start()
+        assert ready.wait(30)
+        server = m._process.pid
+        os.kill(server, signal.SIGSTOP)
+        try:
+            go.set()
+            started = time.monotonic()
+            p.join(15)
+            took = time.monotonic() - started
+        finally:
+            os.kill(server, signal.SIGCONT)
+        assert p.exitcode == 0, "the process did not end while the server was stopped"
+        assert took < 6
+        lock.release()

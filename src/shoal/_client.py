@@ -23,6 +23,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 import weakref
 from multiprocessing import process, util
 from collections.abc import Callable
@@ -108,12 +109,21 @@ class Connection:
         self = ref()
         if self is None or self.closed or self.pid != os.getpid():
             return
-        # Wait (a bounded time) for the server's answer: then everything this process sent has
-        # been applied, calls sent without waiting included, so a process that joins this one
-        # sees all of its writes and puts.
+        # Wait (at most _GOODBYE_WAIT) for the server's answer: then everything this process
+        # sent has been applied, calls sent without waiting included, so a process that joins
+        # this one sees all of its writes and puts. Another thread may be stuck in a call that
+        # holds the sending or the reading role: every wait here is bounded.
+        deadline = time.monotonic() + _GOODBYE_WAIT
         try:
-            self.sock.settimeout(_GOODBYE_WAIT)
-            self.call(0, "goodbye")
+            if not self._send_lock.acquire(timeout=_GOODBYE_WAIT):
+                return
+            try:
+                rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
+                self.sock.settimeout(_GOODBYE_WAIT)
+                self.sock.sendall(self._collect_notes() + self._frame(rid, [0, "goodbye", []]))
+            finally:
+                self._send_lock.release()
+            self._wait(rid, deadline)
         except Exception:
             pass
 
@@ -273,10 +283,19 @@ class Connection:
             return self._decode_reply(self._read_until(rid))
         return self._decode_reply(self._wait(rid))
 
-    def new_codec(self) -> Codec:
-        """A codec of this connection's kind, for a caller that encodes on its own (pipelines)."""
+    def new_codec(self, keep: Callable[[Any], None] | None = None) -> Codec:
+        """A codec of this connection's kind, for a caller that encodes on its own (pipelines).
+        ``keep(proxy)`` is called for each proxy it encodes: what it encodes is sent later, and
+        the proxy must live until then (its release could otherwise go out first)."""
         builtin_only = self.serializer == "xmlrpclib"
-        return Codec(ref_of=self._ref_of, make_ref=self._make_proxy, from_opaque=pickle.loads,
+        ref_of = self._ref_of
+        if keep is not None:
+            def ref_of(obj: Any) -> tuple[int, str] | None:
+                ref = self._ref_of(obj)
+                if ref is not None:
+                    keep(obj)
+                return ref
+        return Codec(ref_of=ref_of, make_ref=self._make_proxy, from_opaque=pickle.loads,
                      pickle_unknown=not builtin_only, tuples_as_lists=builtin_only)
 
     def next_rid(self) -> int:
@@ -380,8 +399,9 @@ class Connection:
                 with self._cond:
                     self._cond.notify_all()
 
-    def _wait(self, rid: int) -> bytes:
-        """Another thread is reading: wait for it to hand us our reply, or to leave the role."""
+    def _wait(self, rid: int, deadline: float | None = None) -> bytes:
+        """Another thread is reading: wait for it to hand us our reply, or to leave the role
+        (until ``deadline``, a ``time.monotonic()`` time, if given: then TimeoutError)."""
         cond = self._cond
         with cond:
             while True:
@@ -397,7 +417,10 @@ class Connection:
                     self._waiting -= 1
                     break
                 try:
-                    cond.wait()
+                    if deadline is None:
+                        cond.wait()
+                    elif not cond.wait(deadline - time.monotonic()):
+                        raise TimeoutError("no reply from the shoal server in time")
                 finally:
                     self._waiting -= 1
         return self._read_until(rid)

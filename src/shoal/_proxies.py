@@ -549,6 +549,7 @@ class Pipeline:
         self._batch_oid = -1              # ... on this object
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._keep: list[BaseProxy] = []  # proxies in the requests not yet sent
         self._rids: list[int] = []        # every call's request id, in order
         self._replies: list[Any] = []     # (status, value) of the calls collected so far
         self._error: tuple[int, Any] | None = None
@@ -560,7 +561,7 @@ class Pipeline:
             conn = proxy._reconnect()
         if self._conn is None:
             self._conn = conn
-            self._encode = conn.new_codec().encode
+            self._encode = conn.new_codec(keep=self._keep.append).encode
             self._ids = conn.ids
         elif self._conn is not conn:
             raise ValueError("one pipeline carries the calls of one server's objects")
@@ -611,6 +612,7 @@ class Pipeline:
             self._buffer.clear()
             self._buffered = 0
             self._conn.send_frames(data)  # type: ignore[union-attr]
+            self._keep.clear()
 
     def _collect(self, upto: int) -> None:
         """Collect the replies of calls up to index ``upto`` (excluded)."""

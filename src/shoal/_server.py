@@ -43,8 +43,8 @@ _BULK_BODY = 64 * 1024    # a request this large is decoded counting its contain
 
 
 def keep_freed_memory() -> None:
-    """In a server's own process: let glibc's malloc keep freed memory for reuse (up to 64 MiB
-    at the top of the heap; blocks under 32 MiB from the heap, not from fresh mappings of their
+    """In a server's own process: let glibc's malloc keep freed memory for reuse (up to 32 MiB
+    at the top of the heap; blocks under 8 MiB from the heap, not from fresh mappings of their
     own). Its default gives a large request's buffers back to the kernel when they are freed,
     so the next one pays a page fault per 4 KiB again: on the machines measured that was a
     third of the time of a 100,000-entry ``update`` (docs/architecture.md). Elsewhere than
@@ -53,8 +53,8 @@ def keep_freed_memory() -> None:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
-    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    mallopt(_M_MMAP_THRESHOLD, 8 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 32 << 20)
 
 
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -168,21 +168,24 @@ class Conn:
 
     def encode_plain(self, value: Any) -> bytes:
         """Encode a reply carrying a plain deep copy of ``value``: the shared dicts and lists in
-        it go as their contents. A container inside itself (past the encoder's depth limit) is
-        copied by ``plain`` instead, which keeps a reference where the cycle closes; the
-        references counted by the failed attempt are taken back first."""
+        it go as their contents. One met a second time (a container inside itself, or one
+        reached by two paths) makes ``plain`` build the copy instead, which keeps a reference
+        where a cycle closes; the references counted by the attempt are taken back first."""
         server = self.server
         server.encoding_for = self
         codec = server.plain_codec
         counted = codec.counted = []
+        codec.expanded = set()
         try:
             return codec.encode([0, value])
-        except ValueError:
+        except BaseException as e:
             for obj in counted:
                 self.unref(obj.oid)
-            return server.codec.encode([0, plain(value)])
+            if not isinstance(e, (_MetAgain, ValueError, RecursionError)):
+                raise
         finally:
-            codec.counted = []        # it must not keep the objects alive
+            codec.counted, codec.expanded = [], set()   # it must not keep the objects alive
+        return server.codec.encode([0, plain(value)])
 
     def unref(self, oid: int, n: int = 1) -> None:
         """Take back ``n`` of the references to ``oid`` this client was sent."""
@@ -1104,15 +1107,23 @@ def _identity(value: Any, parent: Any = None) -> Any:
     return value
 
 
+class _MetAgain(Exception):
+    """A shared container met twice while expanding a copy."""
+
+
 class _PlainCodec(Codec):
     """The server's codec for ``copy()`` replies: a shared dict or list goes as its contents;
     other shared objects go as references (counted, and listed in ``counted``)."""
 
     counted: list[Shared]        # set by Conn.encode_plain before each use
+    expanded: set[int]           # the ids of the containers expanded so far
 
     def _default(self, obj: Any) -> Any:
         t = type(obj)
         if t is SDict or t is SList:
+            if obj.oid in self.expanded:
+                raise _MetAgain
+            self.expanded.add(obj.oid)
             return obj.data
         ref = super()._default(obj)
         if isinstance(obj, Shared):
