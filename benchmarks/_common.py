@@ -1,11 +1,17 @@
-"""What the benchmark scripts share: the load average they report, and writing their section of
-docs/benchmarks.md. Run as scripts, they find this module beside them."""
+"""What the benchmark scripts share: the load average they report, writing their section of
+docs/benchmarks.md, and a redis-server of their own. Run as scripts, they find this module beside them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Sequence
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,3 +64,41 @@ def kept_parts(path: Path, start: str, end: str, name: str) -> dict[str, str]:
     marked = re.compile(rf"<!-- {re.escape(name)}:part (\w+) -->\n(.*?)\n"
                         rf"<!-- {re.escape(name)}:part-end \1 -->", re.S)
     return {m.group(1): m.group(2) for m in marked.finditer(mine)}
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[int]:
+    """A redis-server (or valkey-server) on a free loopback port, persisting nothing, in a
+    directory of its own, stopped at the end; yields its port. RuntimeError when there is no
+    such server or it does not start."""
+    exe = shutil.which("redis-server") or shutil.which("valkey-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", workdir, "--daemonize", "no"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+                        c.sendall(b"PING\r\n")
+                        if c.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start (exit code {proc.poll()})")
+                time.sleep(0.02)
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

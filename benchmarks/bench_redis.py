@@ -32,21 +32,20 @@ import gc
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import shoal
 import shoal.redis
-from _common import load_average as _load, replace_section, shown_path as _shown_path
+from _common import load_average as _load, redis_server, replace_section
+from _common import shown_path as _shown_path
 
 START, END = "<!-- bench_redis:start -->", "<!-- bench_redis:end -->"
 INTRO = """\
@@ -59,40 +58,6 @@ below is written by the script named in it; rerun that command to refresh it. Ho
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMS = ("redis-py", "shoal-redis", "shoal-local")
 HASH = "bench:redis:h"
-
-# -- a redis-server of our own ------------------------------------------------------------------
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    exe = shutil.which("redis-server") or shutil.which("valkey-server")
-    if exe is None:
-        sys.exit("redis-server is not installed: apt-get install -y redis-server (or pass --url)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
-        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", workdir],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
-                        c.sendall(b"PING\r\n")
-                        if c.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    sys.exit("redis-server did not start")
-                time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(5)
-
 
 # -- the operations, per system ------------------------------------------------------------------
 
@@ -156,7 +121,10 @@ def measure(url: str | None, rounds: int, ops: int) -> dict[tuple[str, str], dic
     samples: dict[tuple[str, str], array] = {}
     with ExitStack() as stack:
         if url is None:
-            url = stack.enter_context(redis_server())
+            try:
+                url = f"redis://127.0.0.1:{stack.enter_context(redis_server())}/0"
+            except RuntimeError as e:
+                sys.exit(f"{e} (or pass --url)")
         namespace = f"bench-{os.getpid()}"
         rm = stack.enter_context(shoal.redis.connect(url, namespace=namespace))
         stack.callback(rm.purge)

@@ -39,7 +39,6 @@ import platform
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
-from _common import join_parts, kept_parts, replace_section
+from _common import join_parts, kept_parts, redis_server, replace_section
 from _common import load_average as _load, shown_path as _shown_path
 
 NAME = "bench_throughput"
@@ -120,51 +119,21 @@ def _median(xs: list[float]) -> float:
 
 # -- the systems -------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
-def redis_server() -> Iterator[int | str]:
-    """Start redis-server on a free loopback port: yields the port, or why it cannot run."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        yield "skipped: redis-server not installed"
-        return
+def _redis_or_why_not() -> Iterator[int | str]:
+    """The port of a redis-server of our own, or why redis-py cannot run (a str)."""
     try:
-        import redis
+        import redis  # noqa: F401
     except ImportError:
         yield "skipped: redis-py not installed (pip install redis)"
         return
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
-        port = _free_port()
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir, "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with contextlib.ExitStack() as stack:
         try:
-            client = redis.Redis(host="127.0.0.1", port=port)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        yield f"skipped: redis-server did not start (exit code {proc.poll()})"
-                        return
-                    time.sleep(0.05)
-            client.close()
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            port = stack.enter_context(redis_server())
+        except RuntimeError as e:
+            yield f"skipped: {e}"
+            return
+        yield port
 
 
 def _diskcache_missing() -> str | None:
@@ -187,7 +156,7 @@ def systems(with_diskcache: bool = True) -> Iterator[dict[str, Any]]:
         stack.callback(sm.shutdown)
         out["Manager"] = (mm, mm.dict())
         out["shoal"] = (sm, sm.dict())
-        out["redis-py"] = stack.enter_context(redis_server())
+        out["redis-py"] = stack.enter_context(_redis_or_why_not())
         if with_diskcache:
             missing = _diskcache_missing()
             out["diskcache"] = missing or Path(stack.enter_context(
