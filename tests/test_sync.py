@@ -1100,27 +1100,38 @@ def _put_many_and_exit(q: Any, n: int, ready: Any, go: Any) -> None:
         q.put(i)                 # an unbounded queue: sent without waiting for the reply
 
 
+def _end_with_the_server_stopped(m: shoal.SyncManager, ctx: Any, target: Any,
+                                 args: tuple[Any, ...], wait: float
+                                 ) -> tuple[Any, int | None, float]:
+    """Run ``target(*args, ready, go)`` in a process; once it is ready, stop the server, let the
+    process end and join it for up to ``wait`` s, then let the server go on. Gives the process,
+    its exit code while the server was stopped, and how long that join took."""
+    ready, go = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=target, args=(*args, ready, go))
+    p.start()
+    assert ready.wait(30)
+    server = m._process.pid
+    os.kill(server, signal.SIGSTOP)
+    try:
+        go.set()
+        started = time.monotonic()
+        p.join(wait)
+        return p, p.exitcode, time.monotonic() - started
+    finally:
+        os.kill(server, signal.SIGCONT)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_a_process_ends_only_once_the_server_has_what_it_sent_without_waiting(
         method: str) -> None:
-    ctx = multiprocessing.get_context(method)
     with shoal.Manager() as m:
         q = m.Queue()
-        ready, go = ctx.Event(), ctx.Event()
-        p = ctx.Process(target=_put_many_and_exit, args=(q, 50, ready, go))
-        p.start()
-        assert ready.wait(30)
-        server = m._process.pid
-        os.kill(server, signal.SIGSTOP)
-        try:
-            go.set()
-            # The 50 puts fit in the socket buffer, but the child's goodbye waits for the answer
-            # of the stopped server: it must not have ended.
-            p.join(0.5)
-            assert p.exitcode is None
-        finally:
-            os.kill(server, signal.SIGCONT)
+        # The 50 puts fit in the socket buffer, but the child's goodbye waits for the answer of
+        # the stopped server: it must not have ended.
+        p, exitcode, _ = _end_with_the_server_stopped(
+            m, multiprocessing.get_context(method), _put_many_and_exit, (q, 50), 0.5)
+        assert exitcode is None
         p.join(30)
         assert p.exitcode == 0
         assert q.qsize() == 52
@@ -1136,23 +1147,12 @@ def _exit_with_a_thread_blocked_in_acquire(lock: Any, ready: Any, go: Any) -> No
 
 @pytest.mark.timeout(60)
 def test_a_process_ends_in_bounded_time_when_the_server_does_not_answer_its_goodbye() -> None:
-    ctx = multiprocessing.get_context("fork")
     with shoal.Manager() as m:
         lock = m.Lock()
         lock.acquire()                     # the child's thread blocks on it for ever
-        ready, go = ctx.Event(), ctx.Event()
-        p = ctx.Process(target=_exit_with_a_thread_blocked_in_acquire, args=(lock, ready, go))
-        p.start()
-        assert ready.wait(30)
-        server = m._process.pid
-        os.kill(server, signal.SIGSTOP)
-        try:
-            go.set()
-            started = time.monotonic()
-            p.join(15)
-            took = time.monotonic() - started
-        finally:
-            os.kill(server, signal.SIGCONT)
-        assert p.exitcode == 0, "the process did not end while the server was stopped"
+        p, exitcode, took = _end_with_the_server_stopped(
+            m, multiprocessing.get_context("fork"), _exit_with_a_thread_blocked_in_acquire,
+            (lock,), 15)
+        assert exitcode == 0, "the process did not end while the server was stopped"
         assert took < 6
         lock.release()
