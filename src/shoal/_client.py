@@ -217,6 +217,15 @@ class Connection:
         body = self._codec.encode(msg)
         return HEADER.pack(len(body), rid) + body
 
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` after the queued notes and the releases due. Holds the send lock."""
+        if self._notes or self._dead or self._dying:
+            data = self._collect_notes() + data
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            self._broken(e)
+
     def send(self, oid: int, name: str, args: list[Any]) -> None:
         """Send a call now whose reply nobody waits for (the server sends none). It runs before
         any later call of this process, like any call; an error in it is not reported, so it is
@@ -224,13 +233,7 @@ class Connection:
         if self.closed:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
         with self._send_lock:
-            frame = self._frame(_NOTE_RID, [oid, name, args])
-            if self._notes or self._dead or self._dying:
-                frame = self._collect_notes() + frame
-            try:
-                self.sock.sendall(frame)
-            except OSError as e:
-                self._broken(e)
+            self._write(self._frame(_NOTE_RID, [oid, name, args]))
 
     def notify(self, oid: int, name: str, args: list[Any]) -> None:
         """Queue a call whose result nobody waits for; it goes out before the next call."""
@@ -250,13 +253,7 @@ class Connection:
             if len(body) > P.MAX_FRAME:
                 raise ValueError(f"this call's arguments encode to {len(body)} bytes, over the "
                                  f"limit of {P.MAX_FRAME} bytes per call; split the value")
-            frame = HEADER.pack(len(body), rid) + body
-            if self._notes or self._dead or self._dying:
-                frame = self._collect_notes() + frame
-            try:
-                self.sock.sendall(frame)
-            except OSError as e:
-                self._broken(e)
+            self._write(HEADER.pack(len(body), rid) + body)
         if self._read_lock.acquire(False):
             # Fast path: nobody else is reading, and the usual next chunk is exactly our reply.
             if not self._rbuf and not self._replies:
@@ -306,12 +303,7 @@ class Connection:
         if self.closed:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
         with self._send_lock:
-            if self._notes or self._dead or self._dying:
-                data = self._collect_notes() + data
-            try:
-                self.sock.sendall(data)
-            except OSError as e:
-                self._broken(e)
+            self._write(data)
 
     def results(self, rids: list[int]) -> list[tuple[int, Any]]:
         """The replies to ``rids`` (sent with ``send_frames``): (status, value) each, in order;

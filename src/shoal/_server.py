@@ -166,6 +166,21 @@ class Conn:
         server.encoding_for = self
         return server.codec.encode(value)
 
+    def reply_body(self, rid: int, result: Any) -> bytes | None:
+        """The body of the reply to request ``rid`` that gave ``result``; None when none goes
+        now (a call sent without waiting, or one parked: counted in ``parked``)."""
+        if result is PENDING:
+            if rid:
+                self.parked += 1
+            return None
+        if not rid:
+            return None
+        if result is None:
+            return _NONE_REPLY
+        if type(result) is Plain:
+            return self.encode_plain(result.value)
+        return self.encode([0, result])
+
     def encode_plain(self, value: Any) -> bytes:
         """Encode a reply carrying a plain deep copy of ``value``: the shared dicts and lists in
         it go as their contents. One met a second time (a container inside itself, or one
@@ -636,25 +651,12 @@ class Server:
                 result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
             else:
                 result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
-            if result is None:
-                out = _NONE_REPLY
-            elif result is PENDING:
-                if rid:
-                    conn.parked += 1
-                return
-            elif not rid:
-                return
-            elif type(result) is Plain:
-                out = conn.encode_plain(result.value)
-            else:
-                out = conn.encode([0, result])
+            out = conn.reply_body(rid, result)
         except Exception as e:
-            if not rid:
-                return
-            out = conn.encode_error(e)
-        if rid:
-            conn.out.append(HEADER.pack(len(out), rid) + out)
+            out = conn.encode_error(e) if rid else None
         self.calls += 1
+        if out is not None:
+            conn.out.append(HEADER.pack(len(out), rid) + out)
 
     def _handle_persisted(self, conn: Conn, rid: int, body: bytes, msg: list[Any], obj: Shared,
                           name: str, fn: Any, store: Store) -> None:
@@ -677,24 +679,11 @@ class Server:
             if writes and result is not PENDING and (type(obj) is not ServerOps
                                                       or self._next_oid != start_oid):
                 records.append(frame_record(self.journal_codec.encode([0, start_oid, body])))
-            if result is None:
-                out = _NONE_REPLY
-            elif result is PENDING:
-                if rid:
-                    conn.parked += 1
-                return
-            elif not rid:
-                return
-            elif type(result) is Plain:
-                out = conn.encode_plain(result.value)
-            else:
-                out = conn.encode([0, result])
+            out = conn.reply_body(rid, result)
         except Exception as e:
-            if not rid:
-                return
-            out = conn.encode_error(e)
+            out = conn.encode_error(e) if rid else None
             queued = -1
-        if not rid:
+        if out is None:
             return
         frame = HEADER.pack(len(out), rid) + out
         if queued >= 0 and len(records) > queued:
