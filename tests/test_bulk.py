@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import pathlib
+import subprocess
+import sys
 import threading
 import time
 
@@ -155,3 +157,44 @@ def test_a_pipeline_keeps_the_proxies_it_sends_alive_until_they_are_sent(
         for i in range(5):
             pd[i] = manager.list([i])             # each new list's only proxy is dropped here
     assert [d[i] for i in range(5)] == [[0], [1], [2], [3], [4]]
+
+
+class _Thing:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def bump(self) -> int:
+        self.n += 1
+        return self.n
+
+
+class _ThingManager(shoal.BaseManager):
+    pass
+
+
+_ThingManager.register("Thing", _Thing)
+
+_READ_A_THING_IN_A_PIPELINE = """
+import sys, shoal
+m = shoal.connect(sys.argv[1], authkey=bytes.fromhex(sys.argv[2]))
+with shoal.pipeline(m.root) as pd:
+    thing = pd["thing"]
+    n = pd["n"]
+print(thing.value.bump(), n.value)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_pipelined_reply_with_a_type_this_process_never_registered() -> None:
+    # The reference becomes an AutoProxy, which asks the server for the type's methods while
+    # the pipeline collects its replies: that call must not wait for the pipeline's own read.
+    with _ThingManager() as m:
+        root = shoal.connect(m.address, authkey=bytes(m._authkey)).root
+        root["thing"] = m.Thing()
+        root["n"] = 7
+        out = subprocess.run([sys.executable, "-c", _READ_A_THING_IN_A_PIPELINE, m.address,
+                              bytes(m._authkey).hex()], capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["1", "7"]
+        del root["thing"], root["n"]

@@ -311,6 +311,8 @@ class Connection:
         decode = self._codec.decode
         if not self._read_lock.acquire(False):
             return [decode(self._wait(rid)) for rid in rids]
+        # The bodies are decoded after the reader role is left: decoding a reference can make
+        # a call of its own (an AutoProxy asks for its methods), which needs the role.
         out: list[Any] = []
         replies = self._replies
         try:
@@ -327,17 +329,18 @@ class Connection:
                         with self._cond:
                             replies[got] = data
                             self._cond.notify_all()
-                out.append(_NONE if body == _NONE_BODY else decode(body))
-            return out
+                out.append(_NONE if body == _NONE_BODY else body)
         finally:
             self._read_lock.release()
             if self._waiting:
                 with self._cond:
                     self._cond.notify_all()
+        return [r if r is _NONE else decode(r) for r in out]
 
     def _take_frames(self, rids: list[int], out: list[Any]) -> bool:
         """Pipelines' bulk path, holding the reader role: read a chunk and take every whole
-        frame in it that answers the next of ``rids``, in one pass. False when none did."""
+        frame in it that answers the next of ``rids``, in one pass (the bodies, or ``_NONE``).
+        False when none did."""
         buf = self._rbuf
         if len(buf) < 8 + len(_NONE_BODY):
             try:
@@ -347,8 +350,7 @@ class Connection:
             if not chunk:
                 self._broken(None)
             buf += chunk
-        decode, unpack, none, none_len = self._codec.decode, HEADER.unpack_from, _NONE_BODY, \
-            len(_NONE_BODY)
+        unpack, none, none_len = HEADER.unpack_from, _NONE_BODY, len(_NONE_BODY)
         have, pos, i, n = len(buf), 0, len(out), len(rids)
         while i < n and have - pos >= 8:
             length, got = unpack(buf, pos)
@@ -358,7 +360,7 @@ class Connection:
             if length == none_len and buf.startswith(none, pos + 8):
                 out.append(_NONE)
             else:
-                out.append(decode(buf[pos + 8:end]))
+                out.append(buf[pos + 8:end])
             pos = end
             i += 1
         if pos:
