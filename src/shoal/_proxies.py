@@ -74,7 +74,7 @@ class BaseProxy:
         self._setup(token, conn, manager, exposed, incref)
 
     def _setup(self, token: Token, conn: Connection, manager: Any, exposed: Any,
-               incref: bool) -> None:
+               incref: bool, counted: bool = False) -> None:
         self._token = token
         self._id = token.id
         self._address = token.address
@@ -84,21 +84,15 @@ class BaseProxy:
         if exposed is not None:
             self._exposed_ = tuple(exposed)
         self._conn = conn
-        conn.track(token.id, hold=incref)
+        if not counted:
+            conn.track(token.id, hold=incref)
         self._tracked = True
 
     @classmethod
     def _from_ref(cls, conn: Connection, oid: int, typeid: str) -> BaseProxy:
         """The proxy of a reference the connection received (and counted: ``_make_proxy``)."""
         self = cls.__new__(cls)
-        self._token = Token(typeid, conn.address, oid)
-        self._id = oid
-        self._address = conn.address
-        self._authkey = conn.authkey_string
-        self._manager = None
-        self._serializer = conn.serializer
-        self._conn = conn
-        self._tracked = True
+        self._setup(Token(typeid, conn.address, oid), conn, None, None, False, counted=True)
         return self
 
     def _shoal_ref(self) -> tuple[int, str]:
