@@ -58,7 +58,9 @@ class Connection:
         # What a proxy pickled into another process takes along to reconnect the same way.
         self.tls = tls if tls is None or isinstance(tls, (bool, str)) else True
         self.authkey = bytes(authkey)
-        self.authkey_string = process.AuthenticationString(authkey)  # what proxies keep
+        # What each proxy of this connection keeps (set in one step: proxies are made often).
+        self.proxy_attrs = {"_conn": self, "_address": address, "_serializer": serializer,
+                            "_authkey": process.AuthenticationString(authkey)}
         self.stale = False
         self.closed = False
         self.pid = os.getpid()

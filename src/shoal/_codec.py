@@ -36,6 +36,13 @@ TUPLE, SET, FROZENSET, BIGINT, OPAQUE, REF, SLICE = 1, 2, 3, 4, 5, 6, 7
 
 ExtType = msgpack.ExtType
 MAX_EXT_DEPTH = 100
+_REF_CACHE = 4096    # encoded references kept per codec (the same objects are sent again and again)
+
+
+def _ext(code: int, data: bytes) -> ExtType:
+    # msgpack's ExtType() checks its arguments in Python, which costs more than the rest of
+    # encoding a tuple; ours are an int code and bytes by construction.
+    return tuple.__new__(ExtType, (code, data))
 
 
 class Opaque:
@@ -91,6 +98,7 @@ class Codec:
         self._tuples_as_lists = tuples_as_lists
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
         self._local = threading.local()
+        self._refs: dict[tuple[int, str], ExtType] = {}
 
     def encode(self, obj: Any) -> bytes:
         """Encode one value. Not thread-safe: the caller serialises use of one Codec."""
@@ -109,25 +117,31 @@ class Codec:
         if t is tuple:
             if self._tuples_as_lists:
                 return list(obj)
-            return ExtType(TUPLE, self._packb(list(obj)))
+            return _ext(TUPLE, self._packb(list(obj)))
         if t is set:
-            return ExtType(SET, self._packb(list(obj)))
+            return _ext(SET, self._packb(list(obj)))
         if t is frozenset:
-            return ExtType(FROZENSET, self._packb(list(obj)))
+            return _ext(FROZENSET, self._packb(list(obj)))
         if t is int:
-            return ExtType(BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big", signed=True))
+            return _ext(BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big", signed=True))
         if t is Opaque:
-            return ExtType(OPAQUE, obj.data)
+            return _ext(OPAQUE, obj.data)
         if t is slice:
-            return ExtType(SLICE, self._packb([obj.start, obj.stop, obj.step]))
+            return _ext(SLICE, self._packb([obj.start, obj.stop, obj.step]))
         ref = self._ref_of(obj)
         if ref is not None:
-            return ExtType(REF, msgpack.packb(ref))
+            refs = self._refs
+            ext = refs.get(ref)
+            if ext is None:
+                if len(refs) >= _REF_CACHE:
+                    refs.clear()
+                ext = refs[ref] = _ext(REF, msgpack.packb(ref))
+            return ext
         if not self._pickle_unknown:
             raise TypeError(f"cannot send a value of type {t.__name__!r} (this connection "
                             f"carries built-in types only)")
         try:
-            return ExtType(OPAQUE, pickle.dumps(obj, protocol=5))
+            return _ext(OPAQUE, pickle.dumps(obj, protocol=5))
         except Exception as e:
             # The pickling error itself, as multiprocessing raises it, with what happened.
             e.add_note(f"shoal could not send a value of type {t.__name__!r}: it is not a "

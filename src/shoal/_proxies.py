@@ -25,6 +25,9 @@ __all__ = ["Token", "BaseProxy", "pipeline", "Pipeline", "Pending", "DictProxy",
            "ArrayProxy", "AutoProxy", "make_proxy_type", "unwrap"]
 
 
+_tuple_new = tuple.__new__      # makes a Token without NamedTuple's keyword handling
+
+
 class Token(NamedTuple):
     """What identifies a shared object: its type, its server and its id there."""
 
@@ -59,6 +62,7 @@ class BaseProxy:
 
     _exposed_: tuple[str, ...] | None = None
     _conn: Connection
+    _manager: Any = None
     _tracked = False
 
     def __init__(self, token: Token, serializer: Any = None, manager: Any = None,
@@ -75,24 +79,24 @@ class BaseProxy:
 
     def _setup(self, token: Token, conn: Connection, manager: Any, exposed: Any,
                incref: bool, counted: bool = False) -> None:
-        self._token = token
-        self._id = token.id
-        self._address = token.address
-        self._authkey = conn.authkey_string
-        self._manager = manager
-        self._serializer = conn.serializer
+        attrs = self.__dict__
+        attrs.update(conn.proxy_attrs)     # _conn, _address, _authkey, _serializer
+        attrs["_token"] = token
+        attrs["_id"] = token.id
+        if manager is not None:
+            attrs["_manager"] = manager
         if exposed is not None:
-            self._exposed_ = tuple(exposed)
-        self._conn = conn
+            attrs["_exposed_"] = tuple(exposed)
         if not counted:
             conn.track(token.id, hold=incref)
-        self._tracked = True
+        attrs["_tracked"] = True
 
     @classmethod
     def _from_ref(cls, conn: Connection, oid: int, typeid: str) -> BaseProxy:
-        """The proxy of a reference the connection received (and counted: ``_make_proxy``)."""
+        """The proxy of a reference the connection received (and counted: ``_make_proxy``).
+        Made for every nested container read, so kept short."""
         self = cls.__new__(cls)
-        self._setup(Token(typeid, conn.address, oid), conn, None, None, False, counted=True)
+        self._setup(_tuple_new(Token, (typeid, conn.address, oid)), conn, None, None, False, True)
         return self
 
     def _shoal_ref(self) -> tuple[int, str]:
