@@ -447,8 +447,10 @@ def time_restart(directory: str, keyfile: str, expect: int | None) -> float:
 
 
 def _prepare(directory: str, keys: int, how: str, out: Any) -> None:
-    """Fill ``directory`` with ``keys`` int keys in the root (run in a child process); put
-    into ``out`` how long ``server.compact()`` took (None when not called)."""
+    """Fill ``directory`` with ``keys`` int keys in the root (run in a child process). For
+    "snapshot", then write a snapshot (``server.compact()``) while a client keeps calling, and
+    put into ``out`` (seconds the snapshot took, seconds ``compact()`` held the loop, the
+    slowest call meanwhile in seconds, calls answered meanwhile); None for the other cases."""
     from shoal._server import Server
     srv = Server(None, KEY, persist=directory, fsync="no")
     t = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -464,20 +466,28 @@ def _prepare(directory: str, keys: int, how: str, out: Any) -> None:
         for lo in range(0, keys, 10_000):
             root.update({k: k for k in range(lo, min(lo + 10_000, keys))})
     assert len(root) == keys
-    _forget_connections()
-    took = None
+    result = None
     if how == "snapshot":
-        done = threading.Event()
+        called = threading.Event()
+        held = 0.0
 
         def compact() -> None:
-            nonlocal took
+            nonlocal held
             t0 = time.perf_counter()
             srv.compact()
-            took = time.perf_counter() - t0
-            done.set()
+            held = time.perf_counter() - t0
+            called.set()
+        slowest, calls = 0.0, 0
+        t0 = time.perf_counter()
         srv.loop.call_soon_threadsafe(compact)
-        done.wait(600)
-    out.put(took)
+        while not called.is_set() or srv.compacting:
+            c0 = time.perf_counter()
+            root.get(0)
+            slowest, calls = max(slowest, time.perf_counter() - c0), calls + 1
+        assert srv.store is not None and srv.store.snapshots == 1
+        result = (time.perf_counter() - t0, held, slowest, calls)
+    _forget_connections()
+    out.put(result)
     srv.loop.call_soon_threadsafe(srv.stop)
     t.join(600)
 
@@ -509,7 +519,7 @@ def part_restart(args: argparse.Namespace) -> str:
         dirs = {how: os.path.join(base, how) for _, how in RESTART_CASES}
         os.makedirs(dirs["empty"])
         prep_time = {}
-        compact_s = 0.0
+        snapshot: tuple[float, float, float, int] = (0.0, 0.0, 0.0, 0)
         for how in ("journal", "snapshot", "single"):
             t0 = time.perf_counter()
             out: Any = multiprocessing.Queue()
@@ -517,7 +527,7 @@ def part_restart(args: argparse.Namespace) -> str:
             p.start()
             took = out.get(timeout=1800)
             p.join()
-            compact_s = took if took is not None else compact_s
+            snapshot = took if took is not None else snapshot
             if p.exitcode != 0:
                 raise RuntimeError(f"preparing the {how} case failed ({p.exitcode})")
             prep_time[how] = time.perf_counter() - t0
@@ -553,8 +563,10 @@ files are in the page cache: these are warm restarts). Keys and values are ints;
 
 {chr(10).join(lines)}
 
-Writing the snapshot of {keys:,} keys (`server.compact()`, which runs in the server's loop, so
-requests wait meanwhile) took {compact_s:.2f} s.
+Writing the snapshot of {keys:,} keys (`server.compact()`) took {snapshot[0]:.2f} s, in a forked
+child; the server's loop stopped for {snapshot[1] * 1e3:.0f} ms (the fork), and a client calling
+`root.get(0)` in a loop meanwhile had {snapshot[3]:,} calls answered, the slowest in
+{snapshot[2] * 1e3:.0f} ms.
 
 {_produced(args, load)}"""
 

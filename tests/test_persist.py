@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import fractions
+import multiprocessing
 import os
 import pathlib
+import shutil
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 import shoal
-from shoal import _persist
+from shoal import _client, _persist
 from shoal._persist import CorruptStore, StoreLocked
 from shoal._server import Server
 
@@ -28,10 +33,21 @@ def server_in_thread(directory: pathlib.Path, **kw: object) -> Iterator[shoal.Sy
     finally:
         srv.loop.call_soon_threadsafe(srv.stop)
         t.join(10)
-        from shoal import _client
         for key, conn in list(_client._connections.items()):
             if key[0] == srv.address:
                 _client.forget_connection(conn)
+
+
+def persistence(m: shoal.SyncManager) -> dict[str, object]:
+    return m.root._conn.call(0, "inspect", [])["persistence"]  # type: ignore[no-any-return]
+
+
+def wait_until_compacted(m: shoal.SyncManager) -> int:
+    """Wait while a snapshot is written; how many calls were answered meanwhile."""
+    answered = 0
+    while persistence(m)["compacting"]:
+        answered += 1
+    return answered
 
 
 def fill(m: shoal.SyncManager) -> None:
@@ -95,6 +111,8 @@ def test_compaction_keeps_the_live_data_only(tmp_path: pathlib.Path,
         for i in range(3000):                    # history: written over and over
             m.root["hot"] = i
             scratch[i % 10] = i                  # not reachable from root: not kept
+        assert persistence(m)["snapshots"] >= 1
+        wait_until_compacted(m)
     files = sorted(os.listdir(tmp_path))
     assert "snapshot" in files and "journal.0" not in files
     journal = [f for f in files if f.startswith("journal.")]
@@ -102,6 +120,148 @@ def test_compaction_keeps_the_live_data_only(tmp_path: pathlib.Path,
     with server_in_thread(tmp_path) as m:
         check(m)
         assert m.root["hot"] == 2999
+
+
+def _big_state_then_compact(m: shoal.SyncManager, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Put 300,000 keys in the root (journal only), then make the next write compact; the
+    process it forked to write the snapshot."""
+    for lo in range(0, 300_000, 50_000):
+        m.root.update({k: k for k in range(lo, lo + 50_000)})
+    monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1000)
+    before = _children()
+    m.root["trigger"] = 1
+    (child,) = _children() - before
+    return child
+
+
+@pytest.mark.timeout(120)
+def test_the_server_answers_while_a_snapshot_is_written(tmp_path: pathlib.Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1 << 30)
+    with server_in_thread(tmp_path, fsync="always") as m:
+        _big_state_then_compact(m, monkeypatch)
+        assert persistence(m)["compacting"]      # a child writes it; the loop goes on
+        m.root["during"] = "the snapshot"        # goes to the new journal
+        assert wait_until_compacted(m) > 0       # answered while the child was writing
+        m.root["after"] = "it"
+        assert persistence(m)["snapshots"] == 1
+    files = sorted(os.listdir(tmp_path))
+    assert files == ["LOCK", "journal.1", "snapshot"]
+    with server_in_thread(tmp_path) as m:
+        assert len(m.root) == 300_003
+        assert (m.root[299_999], m.root["during"], m.root["after"]) == (299_999, "the snapshot", "it")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("end", ["child killed", "server crashed"])
+def test_an_unfinished_snapshot_loses_nothing(tmp_path: pathlib.Path, end: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child writing a snapshot is killed (the server goes on with its journals), or the
+    server dies while it writes (emulated: the directory is copied as the crash leaves it)."""
+    monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1 << 30)
+    data = tmp_path / "data"
+    with server_in_thread(data, fsync="always") as m:
+        m.root["before"] = [1, 2]
+        child = _big_state_then_compact(m, monkeypatch)
+        monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1 << 30)
+        tmp = data / "snapshot.1.tmp"
+        while not tmp.exists() or not tmp.stat().st_size:
+            time.sleep(0.001)
+        os.kill(child, signal.SIGSTOP)            # caught half-way
+        m.root["before"].append(3)                # in the new journal
+        names = sorted(os.listdir(data))
+        assert names == ["LOCK", "journal.0", "journal.1", "snapshot.1.tmp"]
+        if end == "server crashed":
+            shutil.copytree(data, tmp_path / "crashed")
+            data = tmp_path / "crashed"
+            os.kill(child, signal.SIGKILL)
+        else:
+            os.kill(child, signal.SIGKILL)
+            os.kill(child, signal.SIGCONT)
+            while persistence(m)["compacting"]:  # the server finds its child dead
+                time.sleep(0.01)
+            assert sorted(os.listdir(data)) == ["LOCK", "journal.0", "journal.1"]
+            m.root["later"] = True
+    with server_in_thread(data) as m:
+        assert m.root["before"] == [1, 2, 3] and len(m.root) == 300_002 + (end == "child killed")
+        assert "snapshot.1.tmp" not in os.listdir(data)     # the torso is removed
+
+
+def _server_process(directory: str, conn: Any) -> None:
+    """A persisting server in its own process; it compacts when told to over ``conn``."""
+    srv = Server(None, b"k" * 16, persist=directory)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    conn.send(srv.address)
+    while conn.recv() == "compact":
+        srv.loop.call_soon_threadsafe(srv.compact)
+
+
+@pytest.mark.timeout(120)
+def test_a_server_killed_while_a_snapshot_is_written(tmp_path: pathlib.Path) -> None:
+    """kill -9 of the server while its child writes a snapshot: the next server starts at once
+    (the child does not hold the directory), has every write, and the child gives up."""
+    ours, theirs = multiprocessing.get_context("fork").Pipe()
+    proc = multiprocessing.get_context("fork").Process(target=_server_process,
+                                                       args=(str(tmp_path), theirs))
+    proc.start()
+    m = shoal.connect(ours.recv(), authkey=b"k" * 16)
+    conn = m.root._conn
+    for lo in range(0, 300_000, 50_000):
+        m.root.update({k: k for k in range(lo, lo + 50_000)})
+    ours.send("compact")
+    while persistence(m)["snapshots"] == 0 and not persistence(m)["compacting"]:
+        time.sleep(0.001)
+    (child,) = _children_of(proc.pid)
+    tmp = tmp_path / "snapshot.1.tmp"
+    while not tmp.exists() or not tmp.stat().st_size:
+        time.sleep(0.001)
+    os.kill(child, signal.SIGSTOP)                # caught half-way
+    m.root["last"] = "write"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    with pytest.raises(shoal.ConnectionLost):     # the child holds no client's socket
+        m.root["after"] = "the kill"
+    _client.forget_connection(conn)
+    os.kill(child, signal.SIGCONT)
+    with server_in_thread(tmp_path) as m2:        # not refused: the lock went with the server
+        assert len(m2.root) == 300_001 and m2.root["last"] == "write"
+    deadline = time.monotonic() + 10
+    while _alive(child):                          # the orphan saw its server gone, and quit
+        assert time.monotonic() < deadline, "the snapshot writer outlived its server"
+        time.sleep(0.01)
+    assert not list(tmp_path.glob("snapshot*"))   # nothing half-written was installed
+
+
+def _children_of(pid: int) -> set[int]:
+    out = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.update(int(p) for p in f.read().split())
+    return out
+
+
+def _children() -> set[int]:
+    """This process's child processes."""
+    return _children_of(os.getpid())
+
+
+def _alive(pid: int) -> bool:
+    """Running (not ended, not a zombie left for whoever adopted it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_a_gap_in_the_journals_stops_the_start(tmp_path: pathlib.Path) -> None:
+    with server_in_thread(tmp_path) as m:
+        m.root["x"] = 1
+    (tmp_path / "journal.0").rename(tmp_path / "journal.2")
+    (tmp_path / "journal.0").write_bytes((tmp_path / "journal.2").read_bytes())
+    with pytest.raises(CorruptStore, match="journal.0 to journal.2 should all be there"):
+        Server(None, b"k", persist=str(tmp_path))
 
 
 @pytest.mark.timeout(60)

@@ -5,7 +5,9 @@ Files in the directory::
 
     LOCK              held (flock) by the live server; a second server is refused
     snapshot          every object reachable from the root, as of the start of journal.<gen>
-    journal.<gen>     the writes since that snapshot, in the order they ran
+    journal.<gen>     the writes since that snapshot, in the order they ran; while a new
+                      snapshot is written, a newer journal.<gen + 1> takes the writes
+    snapshot.<gen>.tmp  a snapshot being written (by a child process); renamed when whole
 
 Both files are sequences of records, each framed as::
 
@@ -19,12 +21,15 @@ state]`` for each object (the state as msgpack bytes of its own), then ``["end",
 then ``[0, next id, request]`` (a request as it came from a client, replayed as it ran) and
 ``[1, queue id, item]`` / ``[2, queue id]`` (an item put into / taken out of a queue).
 
-On start the snapshot is loaded and the journal replayed. A journal whose last record is cut
-short (a crash in the middle of a write) is truncated to its last whole record; any other damage
-stops the start with an error naming the file and the offset, and nothing is overwritten. When
-the journal has grown past twice the snapshot (and a floor), a new snapshot is written beside
-(``snapshot.tmp``, fsynced, renamed) and a new journal begun, so a restart reads the live data,
-not its history.
+On start the snapshot is loaded and the journals from its generation on are replayed, oldest
+first. A last journal whose last record is cut short (a crash in the middle of a write) is
+truncated to its last whole record; any other damage stops the start with an error naming the
+file and the offset, and nothing is overwritten. When the journal has grown past twice the
+snapshot (and a floor), the server fsyncs it, begins journal.<gen + 1>, and a forked child writes
+the objects as they were at that moment to ``snapshot.<gen + 1>.tmp`` and fsyncs it; the server,
+which went on serving meanwhile, then renames it to ``snapshot`` and removes the older journals.
+So a restart reads the live data, not its history, and a crash at any point leaves either the
+old snapshot with every journal since it, or the new one with the journal that follows it.
 """
 
 from __future__ import annotations
@@ -124,17 +129,17 @@ class Store:
         self.fsync = fsync
         self.io = io or FileIO()
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(self.dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o600)
+        self.lock_fd = os.open(os.path.join(self.dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip()
-            os.close(self._lock_fd)
+            other = os.pread(self.lock_fd, 32, 0).decode(errors="replace").strip()
+            os.close(self.lock_fd)
             raise StoreLocked(f"{self.dir} is in use by another shoal server (pid {other or '?'}"
                               f"); stop it first, or use another directory") from None
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-        self.gen = 0
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self.gen = 0                      # the journal being written: journal.<gen>
         self._fd = -1
         self.buffer: list[bytes] = []      # framed records waiting for commit()
         self.journal_size = 0
@@ -143,6 +148,7 @@ class Store:
         self.fsync_seconds = 0.0          # how long the last commit's fsync took
         self.records = 0                  # records written to journals since the start
         self.fsyncs = 0                   # fsyncs of journals since the start
+        self.snapshots = 0                # snapshots written since the start
         self._sync_lock = threading.Lock()
         self.failed: BaseException | None = None
         self._stop = threading.Event()
@@ -151,43 +157,56 @@ class Store:
     # -- loading -----------------------------------------------------------------------------
 
     def load(self) -> tuple[list[bytes], list[bytes]]:
-        """The snapshot's records and the journal's, as bodies (header records left out)."""
+        """The snapshot's records and the journals', as bodies (header records left out)."""
         from ._codec import Codec
         head = Codec().decode
         snapshot = os.path.join(self.dir, "snapshot")
         snap: list[bytes] = []
+        gen = 0
         if os.path.exists(snapshot):
             bodies, _ = read_records(snapshot, tolerate_torn_tail=False)
             if not bodies or head(bodies[0])[:2] != ["shoal-snapshot", 1]:
                 raise CorruptStore(f"{snapshot}: not a shoal snapshot (offset 0)")
             if head(bodies[-1])[0] != "end":
                 raise CorruptStore(f"{snapshot}: its end record is missing")
-            self.gen = head(bodies[0])[2]
+            gen = head(bodies[0])[2]
             self.snapshot_size = os.path.getsize(snapshot)
             snap = bodies[1:-1]
-        journal = self._journal_path(self.gen)
+        journals, stale = [], []
+        for name in os.listdir(self.dir):
+            kind, _, rest = name.partition(".")
+            if kind == "journal" and rest.isdigit():
+                (journals if int(rest) >= gen else stale).append(int(rest))
+            elif kind == "snapshot" and name.endswith(".tmp"):
+                stale.append(name)        # a snapshot whose writer died before it was whole
+        journals.sort()
+        if journals and journals != list(range(gen, journals[-1] + 1)):
+            raise CorruptStore(f"{self.dir}: journal.{gen} to journal.{journals[-1]} should all "
+                               f"be there, but only {', '.join(map(str, journals))} are")
         records: list[bytes] = []
-        if os.path.exists(journal):
-            bodies, good = read_records(journal, tolerate_torn_tail=True)
-            size = os.path.getsize(journal)
+        for g in journals:
+            path = self._journal_path(g)
+            last = g == journals[-1]
+            bodies, good = read_records(path, tolerate_torn_tail=last)
             if bodies and head(bodies[0])[:2] != ["shoal-journal", 1]:
-                raise CorruptStore(f"{journal}: not a shoal journal (offset 0)")
-            if good < size:
-                log.warning("%s: the last record was cut short (a crash while writing); "
-                            "keeping the %d whole records before offset %d", journal,
-                            max(len(bodies) - 1, 0), good)
-                with open(journal, "r+b") as f:
+                raise CorruptStore(f"{path}: not a shoal journal (offset 0)")
+            with open(path, "r+b") as f:
+                if good < os.path.getsize(path):
+                    log.warning("%s: the last record was cut short (a crash while writing); "
+                                "keeping the %d whole records before offset %d", path,
+                                max(len(bodies) - 1, 0), good)
                     f.truncate(good)
-                    os.fsync(f.fileno())
-            records = bodies[1:]
-        self._open_journal(self.gen)
-        for name in os.listdir(self.dir):   # journals older than the snapshot (a crash
-            if name.startswith("journal.") and name != f"journal.{self.gen}":   # between
-                try:                        # renaming it and removing them)
-                    if int(name.split(".", 1)[1]) < self.gen:
-                        os.unlink(os.path.join(self.dir, name))
-                except (ValueError, OSError):
-                    pass
+                # What the last server wrote may not be on disk yet: make it so before any
+                # new write follows it (the new writes build on it).
+                self.io.fsync(f.fileno())
+            records += bodies[1:]
+        self._open_journal(journals[-1] if journals else gen)
+        for old in stale:    # journals older than the snapshot (a crash between renaming it and
+            try:             # removing them), and unfinished snapshots
+                os.unlink(self._journal_path(old) if type(old) is int
+                          else os.path.join(self.dir, old))
+            except OSError:
+                pass
         return snap, records
 
     def _journal_path(self, gen: int) -> str:
@@ -284,29 +303,60 @@ class Store:
     def wants_compaction(self) -> bool:
         return self.journal_size > max(COMPACT_FLOOR, 2 * self.snapshot_size)
 
-    def write_snapshot(self, header: bytes, records: Iterator[bytes], end: bytes) -> None:
-        """Write a new snapshot and begin a new journal (see the module's docstring)."""
-        if self.failed is not None:
-            return
-        tmp = os.path.join(self.dir, "snapshot.tmp")
+    def switch_journal(self) -> int:
+        """Begin a new snapshot: fsync the journal (the restart may replay it before the next
+        one) and begin journal.<gen + 1>. Returns the new snapshot's generation. The queued
+        records must have been committed."""
+        assert not self.buffer
         try:
-            with open(tmp, "wb") as f:
-                f.write(frame(header))
-                for body in records:
-                    f.write(frame(body))
-                f.write(frame(end))
-                f.flush()
-                os.fsync(f.fileno())
-            old = self.gen
-            os.replace(tmp, os.path.join(self.dir, "snapshot"))
+            with self._sync_lock:
+                self.io.fsync(self._fd)
+                self._unsynced = False
+            self.fsyncs += 1
+            self._open_journal(self.gen + 1)
+        except OSError as e:
+            self.failed = e
+            raise StoreError(f"could not begin a new journal in {self.dir}: {e}") from e
+        return self.gen
+
+    def snapshot_path(self, gen: int) -> str:
+        """Where the snapshot of generation ``gen`` is written before it is whole."""
+        return os.path.join(self.dir, f"snapshot.{gen}.tmp")
+
+    @staticmethod
+    def write_snapshot(path: str, header: bytes, records: Iterator[bytes], end: bytes) -> None:
+        """Write a whole snapshot file and fsync it (in the child process)."""
+        with open(path, "wb") as f:
+            f.write(frame(header))
+            for body in records:
+                f.write(frame(body))
+            f.write(frame(end))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def install_snapshot(self, gen: int) -> None:
+        """The snapshot of ``gen`` is whole: make it the snapshot, drop the older journals."""
+        path = os.path.join(self.dir, "snapshot")
+        try:
+            os.replace(self.snapshot_path(gen), path)
             self._fsync_dir()
         except OSError as e:
-            log.error("could not write a snapshot in %s: %s (the journal goes on)", self.dir, e)
+            log.error("could not install a snapshot in %s: %s (the journals go on)", self.dir, e)
             return
-        self.snapshot_size = os.path.getsize(os.path.join(self.dir, "snapshot"))
-        self._open_journal(old + 1)
+        self.snapshot_size = os.path.getsize(path)
+        self.snapshots += 1
+        for old in range(gen - 1, -1, -1):
+            try:
+                os.unlink(self._journal_path(old))
+            except FileNotFoundError:
+                break
+            except OSError:
+                pass
+
+    def drop_snapshot(self, gen: int) -> None:
+        """A snapshot that was not finished: the journals since the last one stay."""
         try:
-            os.unlink(self._journal_path(old))
+            os.unlink(self.snapshot_path(gen))
         except OSError:
             pass
 
@@ -322,4 +372,4 @@ class Store:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        os.close(self._lock_fd)
+        os.close(self.lock_fd)

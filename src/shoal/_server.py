@@ -17,7 +17,9 @@ import pickle
 import shutil
 import socket
 import ssl
+import signal
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -40,6 +42,7 @@ log = logging.getLogger("shoal.server")
 HEADER = P.HEADER
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # glibc's mallopt parameters
 _BULK_BODY = 64 * 1024    # a request this large is decoded counting its containers
+_SNAPSHOT_POLL = 0.01     # seconds between looks at the child writing a snapshot
 
 
 def keep_freed_memory() -> None:
@@ -509,6 +512,7 @@ class Server:
         self.journal_codec = Codec(ref_of=_ref_of_shared, make_ref=self._restore_ref,
                                    from_opaque=Opaque, pickle_unknown=False)
         self._restoring = False
+        self._snapshot_child: tuple[int, int] | None = None   # (pid, generation)
         self.store: Store | None = None
         if persist is not None:
             self.store = Store(persist, fsync, store_io)
@@ -759,16 +763,98 @@ class Server:
                     todo.append(ref)
         return list(seen.values())
 
+    @property
+    def compacting(self) -> bool:
+        """Is a snapshot being written?"""
+        return self._snapshot_child is not None
+
     def compact(self) -> None:
+        """Snapshot everything reachable from the root and begin a new journal. The snapshot
+        is written by a forked child, which sees the objects as they are at the fork, while
+        this process goes on serving (Redis' BGREWRITEAOF); the loop pauses only for the fork."""
         store = self.store
         assert store is not None
-        objs = [o for o in self.reachable() if hasattr(o, "state")]
-        encode = self.journal_codec.encode
-        header = encode(["shoal-snapshot", 1, store.gen + 1, self._next_oid])
-        # The state is encoded on its own, so that loading can make every object before it
-        # decodes any state (whose references then resolve).
-        records = (encode([o.oid, o.typeid, o.parent, encode(o.state())]) for o in objs)
-        store.write_snapshot(header, records, encode(["end", len(objs)]))
+        if store.buffer or self.held:
+            self.commit()               # the new journal begins after every write made so far
+        if self._snapshot_child is not None or store.failed is not None:
+            return
+        try:
+            gen = store.switch_journal()
+        except StoreError as e:
+            log.error("%s", e)
+            return
+        server = os.getpid()
+        with warnings.catch_warnings():   # Python 3.12+ warns of fork in a threaded process:
+            warnings.simplefilter("ignore", DeprecationWarning)   # the child takes no lock
+            pid = os.fork()
+        if pid == 0:
+            self._write_snapshot_and_exit(store, gen, server)
+        self._snapshot_child = (pid, gen)
+        self.loop.call_later(_SNAPSHOT_POLL, self._snapshot_poll)
+
+    def _write_snapshot_and_exit(self, store: Store, gen: int, server: int) -> None:
+        """The forked child: write the snapshot of ``gen`` and exit (0: it is whole). It
+        gives up if the ``server`` process ends."""
+        code = 1
+        try:
+            gc.disable()                  # nothing to collect, and pages stay shared
+            # Let go of every inherited file: the clients' sockets (whose ends must close
+            # when the server dies), the listener, the directory's lock. Nothing here uses
+            # them, and the objects that own them are never closed (os._exit).
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            objs = [o for o in self.reachable() if hasattr(o, "state")]
+            encode = self.journal_codec.encode
+            header = encode(["shoal-snapshot", 1, gen, self._next_oid])
+
+            def records() -> Iterator[bytes]:
+                # The state is encoded on its own, so that loading can make every object
+                # before it decodes any state (whose references then resolve).
+                for i, o in enumerate(objs):
+                    if i % 4096 == 0 and os.getppid() != server:
+                        raise RuntimeError("the server ended")
+                    yield encode([o.oid, o.typeid, o.parent, encode(o.state())])
+            store.write_snapshot(store.snapshot_path(gen), header, records(),
+                                 encode(["end", len(objs)]))
+            code = 0
+        except BaseException as e:
+            try:
+                os.write(2, f"shoal: writing a snapshot failed: {e!r}\n".encode())
+            except BaseException:
+                pass
+        finally:
+            os._exit(code)
+
+    def _snapshot_poll(self) -> None:
+        assert self._snapshot_child is not None and self.store is not None
+        pid, gen = self._snapshot_child
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:         # reaped by someone else: its result is unknown
+            done, status = pid, -1
+        if not done:
+            self.loop.call_later(_SNAPSHOT_POLL, self._snapshot_poll)
+            return
+        self._snapshot_child = None
+        if status == 0:
+            self.store.install_snapshot(gen)
+        else:
+            log.error("writing the snapshot in %s failed (%s); the journals go on, and it is "
+                      "tried again when the journal has grown", self.store.dir,
+                      "unknown" if status < 0 else f"exit status {os.waitstatus_to_exitcode(status)}")
+            self.store.drop_snapshot(gen)
+
+    def _stop_snapshot(self) -> None:
+        """At a stop: a snapshot being written is abandoned (the journals have everything)."""
+        if self._snapshot_child is None or self.store is None:
+            return
+        pid, gen = self._snapshot_child
+        self._snapshot_child = None
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        self.store.drop_snapshot(gen)
 
     def _restore(self, store: Store) -> None:
         snapshot, journal = store.load()
@@ -988,6 +1074,7 @@ class Server:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
+            self._stop_snapshot()
             if self.held:
                 self.commit()
             self.store.close()
@@ -1063,7 +1150,8 @@ class Server:
         persistence = None if store is None else {
             "dir": store.dir, "fsync": store.fsync, "journal_bytes": store.journal_size,
             "snapshot_bytes": store.snapshot_size, "records": store.records,
-            "fsyncs": store.fsyncs, "failed": None if store.failed is None else str(store.failed)}
+            "fsyncs": store.fsyncs, "snapshots": store.snapshots,
+            "compacting": self.compacting, "failed": None if store.failed is None else str(store.failed)}
         return {
             "server": {"pid": os.getpid(), "address": address, "nested": self.nested,
                        "started": round(self.started, 3), "uptime": round(now - self.started, 3),
