@@ -1,10 +1,63 @@
-"""Worker functions for child processes (module level, so spawn and forkserver can import them)."""
+"""Worker functions for child processes (module level, so spawn and forkserver can import them),
+and the helpers the tests use to run them, kill them and time what they wait for."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+
+# -- running child processes and threads ---------------------------------------------------------
+
+def start(target: Callable[..., Any], *args: Any, ctx: Any = None) -> Any:
+    """``target(*args)`` in a started daemon process (``ctx``: the default context)."""
+    p = (ctx or multiprocessing.get_context()).Process(target=target, args=args, daemon=True)
+    p.start()
+    return p
+
+
+def join_all(procs: list[Any], timeout: float = 30) -> None:
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0, f"child exit code {p.exitcode}"
+
+
+def kill(p: Any) -> float:
+    """SIGKILL ``p``, wait until it is gone; return when the kill was sent."""
+    t = time.monotonic()
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(5)
+    assert p.exitcode == -signal.SIGKILL
+    return t
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``fn``'s result and how long it took."""
+    start = time.monotonic()
+    result = fn(*args, **kwargs)
+    return result, time.monotonic() - start
+
+
+def in_thread(fn: Callable[..., Any], *args: Any) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` in a daemon thread; the list gets its result or its exception."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn(*args))
+        except BaseException as e:
+            out.append(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+# -- workers -------------------------------------------------------------------------------------
 
 
 def set_item(d: Any, key: Any, value: Any) -> None:
@@ -55,8 +108,22 @@ def wait_on_barrier(b: Any, ready: Any) -> None:
 
 
 def get_forever(q: Any, ready: Any) -> None:
+    """Wait in ``q.get()``, then stay (until killed)."""
     ready.set()
     q.get()
+    time.sleep(600)
+
+
+def hold_locked(d: Any, ready: Any, seconds: float) -> None:
+    with d.locked():
+        ready.set()
+        time.sleep(seconds)
+        d["by_child"] = True
+
+
+def set_event_later(e: Any, delay: float) -> None:
+    time.sleep(delay)
+    e.set()
 
 
 def hold_semaphore(s: Any, n: int, ready: Any) -> None:

@@ -12,11 +12,11 @@ The Redis backend runs against a real ``redis-server`` started by ``tests/redis_
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import queue
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,12 +27,16 @@ import pytest
 
 import shoal
 
+from . import helpers
+from .helpers import (cas_many, get_forever, hold_locked, in_thread, incr_many, join_all, kill,
+                      locked_many, set_event_later, timed)
 from .redis_server import redis_url  # noqa: F401  (the fixture)
 
 LEASE = 2.0          # s: the Redis manager's lease in these tests (the default is 10)
 LATE = 0.15          # s: how late a timeout or a wake-up may be (a loaded 2-core machine)
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
+start = functools.partial(helpers.start, ctx=FORK)
 
 
 @dataclass
@@ -68,65 +72,13 @@ def sm(backend: Backend) -> Any:
 
 # -- helpers and child-process workers (module level, so spawn can import them) ---------------
 
-def start(target: Callable[..., Any], *args: Any, ctx: Any = FORK) -> Any:
-    p = ctx.Process(target=target, args=args, daemon=True)
-    p.start()
-    return p
-
-
-def join_all(procs: list[Any], timeout: float = 30) -> None:
-    for p in procs:
-        p.join(timeout)
-        assert p.exitcode == 0, f"child exit code {p.exitcode}"
-
-
-def kill(p: Any) -> float:
-    t = time.monotonic()
-    os.kill(p.pid, signal.SIGKILL)
-    p.join(5)
-    assert p.exitcode == -signal.SIGKILL
-    return t
-
-
-def timed(fn: Callable[..., Any], *args: Any, **kw: Any) -> tuple[Any, float]:
-    t = time.monotonic()
-    out = fn(*args, **kw)
-    return out, time.monotonic() - t
-
-
 def assert_honoured(elapsed: float, timeout: float) -> None:
     assert timeout - 0.005 <= elapsed <= timeout + LATE, (elapsed, timeout)
-
-
-def in_thread(fn: Callable[..., Any], *args: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-    t = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
-    t.start()
-    return t, out
 
 
 def _nested_writes(d: Any, first: int, n: int) -> None:
     for i in range(first, first + n):
         d["test"][i] = i
-
-
-def _incr_many(d: Any, n: int) -> None:
-    for _ in range(n):
-        d.incr("n")
-
-
-def _cas_many(d: Any, n: int) -> None:
-    for _ in range(n):
-        while True:
-            old = d.get("n")
-            if d.cas("n", old, (old or 0) + 1):
-                break
-
-
-def _locked_many(d: Any, n: int) -> None:
-    for _ in range(n):
-        with d.locked():
-            d["n"] = d.get("n", 0) + 1
 
 
 def _producer(q: Any, first: int, n: int) -> None:
@@ -395,10 +347,10 @@ def test_incr_and_cas(sm: Any) -> None:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("worker", [_incr_many, _cas_many, _locked_many])
+@pytest.mark.parametrize("worker", [incr_many, cas_many, locked_many])
 def test_four_processes_lose_no_update(sm: Any, worker: Any) -> None:
     d = sm.dict()
-    procs = [start(worker, d, 200) for _ in range(4)]
+    procs = [start(worker, d, "n", 200) for _ in range(4)]
     join_all(procs, 80)
     assert d["n"] == 800
 
@@ -421,7 +373,7 @@ def test_locked_excludes_others_from_the_object_and_its_nested(sm: Any) -> None:
     d["sub"] = {"list": []}
     inner = d["sub"]["list"]
     ready = FORK.Event()
-    p = start(_hold_locked, d, ready, 0.5)
+    p = start(hold_locked, d, ready, 0.5)
     assert ready.wait(20)
     held_at = time.monotonic()
     _, elapsed = timed(other.__setitem__, "free", 1)   # another object: not held up
@@ -451,7 +403,7 @@ def test_locked_is_reentrant(sm: Any) -> None:
 def test_locked_holder_killed_frees_it(backend: Backend) -> None:
     d = backend.m.dict()
     ready = FORK.Event()
-    p = start(_hold_locked, d, ready, 600)
+    p = start(hold_locked, d, ready, 600)
     assert ready.wait(20)
     t, out = in_thread(lambda: (d.__setitem__("after", 1), time.monotonic()))
     time.sleep(0.2)
@@ -542,7 +494,7 @@ def test_event(sm: Any) -> None:
     got, elapsed = timed(e.wait, 0.2)
     assert got is False
     assert_honoured(elapsed, 0.2)
-    p = start(_set_event_later, e, 0.3)
+    p = start(set_event_later, e, 0.3)
     got, elapsed = timed(e.wait, 10)
     assert got is True and elapsed < 0.3 + 1.0
     assert e.is_set() and e.wait(0) is True
@@ -698,17 +650,11 @@ def test_killed_semaphore_holder_gives_its_count_back(backend: Backend) -> None:
     s.release()
 
 
-def _get_forever(q: Any, ready: Any) -> None:
-    ready.set()
-    q.get()
-    time.sleep(600)
-
-
 @pytest.mark.timeout(30)
 def test_killed_getter_does_not_swallow_an_item(sm: Any) -> None:
     q = sm.Queue()
     ready = FORK.Event()
-    p = start(_get_forever, q, ready)
+    p = start(get_forever, q, ready)
     assert ready.wait(20)
     time.sleep(0.3)                                    # the child is blocked in get
     kill(p)

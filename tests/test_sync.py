@@ -22,10 +22,12 @@ import pytest
 
 import shoal
 
+from .helpers import (cas_many, get_forever, hold_locked, in_thread, incr_many, join_all, kill,
+                      locked_many, set_event_later, start, timed)
+
 LATE = 0.05          # s: how late a timeout or a wake-up may be
 DEAD_FREE = 1.0      # s: how soon what a killed process held must be free again
 CTX = multiprocessing.get_context()
-
 
 
 # -- workers for child processes (module level, so spawn and forkserver can import them) --------
@@ -56,12 +58,6 @@ def _wait_on_barrier(b: Any, out: Any) -> None:
         out.put(("broken", time.monotonic()))
 
 
-def _get_forever(q: Any, ready: Any) -> None:
-    ready.set()
-    q.get()
-    time.sleep(600)
-
-
 def _put(q: Any, item: Any) -> None:
     q.put(item)
 
@@ -86,25 +82,6 @@ def _in_semaphore(s: Any, d: Any, seen: Any) -> None:
             seen.append(d.incr("inside"))
             time.sleep(0.01)
             d.incr("inside", -1)
-
-
-def _incr_many(d: Any, n: int) -> None:
-    for _ in range(n):
-        d.incr("n")
-
-
-def _cas_many(d: Any, n: int) -> None:
-    for _ in range(n):
-        while True:
-            old = d.get("n")                 # None while missing: cas compares d.get(key)
-            if d.cas("n", old, (old or 0) + 1):
-                break
-
-
-def _locked_many(d: Any, n: int) -> None:
-    for _ in range(n):
-        with d.locked():
-            d["n"] = d.get("n", 0) + 1
 
 
 def _lock_copy_back(d: Any, lock: Any, first: int, n: int) -> None:
@@ -151,12 +128,6 @@ _ACTIONS: list[int] = []
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    start = time.monotonic()
-    result = fn(*args, **kwargs)
-    return result, time.monotonic() - start
-
-
 def raises_timed(exc: type[BaseException], fn: Callable[..., Any], *args: Any,
                  **kwargs: Any) -> float:
     start = time.monotonic()
@@ -175,41 +146,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail("condition not reached in time")
         time.sleep(0.005)
-
-
-def in_thread(fn: Callable[..., Any], *args: Any) -> tuple[threading.Thread, list[Any]]:
-    """Run ``fn`` in a daemon thread; the list gets its result or its exception."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn(*args))
-        except BaseException as e:
-            out.append(e)
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
-
-
-def start(target: Callable[..., Any], *args: Any, ctx: Any = CTX) -> Any:
-    p = ctx.Process(target=target, args=args, daemon=True)
-    p.start()
-    return p
-
-
-def join_all(procs: list[Any], timeout: float = 30) -> None:
-    for p in procs:
-        p.join(timeout)
-        assert p.exitcode == 0, f"child exit code {p.exitcode}"
-
-
-def kill(p: Any) -> float:
-    """SIGKILL ``p``, wait until it is gone; return when the kill was sent."""
-    t = time.monotonic()
-    os.kill(p.pid, signal.SIGKILL)
-    p.join(5)
-    assert p.exitcode == -signal.SIGKILL
-    return t
 
 
 @pytest.fixture
@@ -523,7 +459,7 @@ def test_event(m: shoal.SyncManager) -> None:
 @pytest.mark.timeout(20)
 def test_event_set_by_another_process_wakes_at_once(m: shoal.SyncManager) -> None:
     e = m.Event()
-    p = start(_set_event_later, e, 0.0)
+    p = start(set_event_later, e, 0.0)
     assert e.wait(10) is True
     join_all([p])
     e.clear()
@@ -902,7 +838,7 @@ def test_killed_barrier_party_breaks_it_for_the_others(m: shoal.SyncManager) -> 
 def test_killed_getter_does_not_swallow_an_item(m: shoal.SyncManager) -> None:
     q = m.Queue()
     ready = CTX.Event()
-    p = start(_get_forever, q, ready)
+    p = start(get_forever, q, ready)
     assert ready.wait(10)
     time.sleep(0.2)                                    # the child is parked in get
     kill(p)
@@ -931,10 +867,10 @@ def test_normal_exit_leaves_the_lock_held(m: shoal.SyncManager) -> None:
 # -- no lost updates: 4 processes x 500 -----------------------------------------------------------
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("worker", [_incr_many, _cas_many])
+@pytest.mark.parametrize("worker", [incr_many, cas_many])
 def test_four_processes_lose_no_update(m: shoal.SyncManager, worker: Any) -> None:
     d = m.dict()
-    procs = [start(worker, d, 500) for _ in range(4)]
+    procs = [start(worker, d, "n", 500) for _ in range(4)]
     join_all(procs, 50)
     assert d["n"] == 2000
 
@@ -942,7 +878,7 @@ def test_four_processes_lose_no_update(m: shoal.SyncManager, worker: Any) -> Non
 @pytest.mark.timeout(60)
 def test_four_processes_lose_no_update_with_locked(m: shoal.SyncManager) -> None:
     d = m.dict()
-    procs = [start(_locked_many, d, 500) for _ in range(4)]
+    procs = [start(locked_many, d, "n", 500) for _ in range(4)]
     join_all(procs, 50)
     assert d["n"] == 2000
 
@@ -1003,7 +939,7 @@ def test_locked_excludes_other_clients_from_the_object_and_its_nested(
     sub = d["sub"]
     inner = sub["list"]
     ready = CTX.Event()
-    p = start(_hold_locked, d, ready, 0.4)
+    p = start(hold_locked, d, ready, 0.4)
     assert ready.wait(10)
     held_at = time.monotonic()
     _, elapsed = timed(other.__setitem__, "free", 1)   # another object: not held up
@@ -1021,7 +957,7 @@ def test_locked_on_a_list_excludes_other_clients(m: shoal.SyncManager) -> None:
     d["l"] = [0]                                       # made nested in d: covered by d's lock
     l = d["l"]
     ready = CTX.Event()
-    p = start(_hold_locked, d, ready, 0.3)
+    p = start(hold_locked, d, ready, 0.3)
     assert ready.wait(10)
     held_at = time.monotonic()
     l.append(1)
@@ -1050,7 +986,7 @@ def test_locked_is_reentrant_for_its_holder(m: shoal.SyncManager) -> None:
 def test_locked_holder_killed_releases_it(m: shoal.SyncManager) -> None:
     d = m.dict()
     ready = CTX.Event()
-    p = start(_hold_locked, d, ready, 600)
+    p = start(hold_locked, d, ready, 600)
     assert ready.wait(10)
     t, out = in_thread(lambda: (d.__setitem__("after", 1), time.monotonic()))
     time.sleep(0.1)
@@ -1088,7 +1024,6 @@ def test_locked_on_a_container_waits_for_a_lock_held_inside_it(m: shoal.SyncMana
             p.kill()                                    # ends a deadlock, if any
             p.join(5)
         t.join(5)
-
 
 
 def _put_many_and_exit(q: Any, n: int, ready: Any, go: Any) -> None:

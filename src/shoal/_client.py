@@ -31,7 +31,7 @@ from typing import Any
 
 from . import _protocol as P
 from ._codec import Codec
-from ._errors import WIRE_EXCEPTIONS, ConnectionLost, ProtocolError, RemoteError, ShoalError
+from ._errors import WIRE_EXCEPTIONS, ConnectionLost, ProtocolError, RemoteError
 from ._transport import Address, connect, handshake
 
 __all__ = ["Connection", "get_connection", "proxy_types"]

@@ -42,7 +42,6 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from typing import Any
 
 from ._errors import ShoalError
 

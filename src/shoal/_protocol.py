@@ -31,7 +31,7 @@ from ._errors import AuthenticationError, ProtocolError
 
 __all__ = [
     "VERSION", "MAGIC", "HEADER", "NONCE", "MAX_FRAME", "HELLO_SIZE", "PROOF_SIZE",
-    "server_hello", "client_proof", "check_client", "server_proof", "check_server",
+    "server_hello", "client_proof", "check_client", "check_server",
 ]
 
 VERSION = 1
