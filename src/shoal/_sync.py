@@ -45,8 +45,8 @@ class Waiter:
         self.conn.reply_error(self.rid, exc)
 
 
-def _timeout(value: Any, negative: str) -> float | None:
-    """A timeout as the server keeps it: None (for ever) or seconds >= 0.
+def timeout_value(value: Any, negative: str) -> float | None:
+    """A timeout as the server (and the Redis proxies) keep it: None (for ever) or seconds >= 0.
 
     What a negative value means depends on the primitive, as in ``threading`` and ``queue``:
     ``negative="lock"``: -1 is for ever, any other is a ValueError (Lock.acquire);
@@ -146,7 +146,7 @@ class SLock(SyncObject):
         assert conn is not None
         if not blocking and timeout not in (-1, None):
             raise ValueError("can't specify a timeout for a non-blocking call")
-        wait = _timeout(timeout, "lock")
+        wait = timeout_value(timeout, "lock")
         if self.owner is None:
             return self._take(conn, tid, 1, True, True)
         if self.reentrant and self.owner == (conn, tid):
@@ -273,7 +273,7 @@ class SSemaphore(SyncObject):
         assert conn is not None
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
-        wait = _timeout(timeout, "now")
+        wait = timeout_value(timeout, "now")
         if self.value > 0:
             self._take(conn)
             return True
@@ -376,7 +376,7 @@ class SCondition(SyncObject):
         assert conn is not None
         if not self.lock.is_owned(conn, tid):
             raise RuntimeError("cannot wait on un-acquired lock")
-        timeout = _timeout(timeout, "now")
+        timeout = timeout_value(timeout, "now")
         count = self.lock.release_all(conn, tid)
 
         def expire(w: Waiter) -> None:
@@ -433,7 +433,7 @@ class SEvent(SyncObject):
 
     @op("wait")
     def wait(self, timeout: Any = None, tid: int = 0) -> Any:
-        wait = _timeout(timeout, "now")
+        wait = timeout_value(timeout, "now")
         if self.flag:
             return True
         if wait == 0:
@@ -457,7 +457,7 @@ class SBarrier(SyncObject):
             raise ValueError("parties must be an int > 0")
         self.parties = parties
         self.action = action                 # opaque: only the client that runs it unpickles it
-        self.default_timeout = _timeout(timeout, "now")
+        self.default_timeout = timeout_value(timeout, "now")
         self.waiters: deque[Waiter] = deque()
         self.broken = False
         self.running_action: list[Waiter] | None = None
@@ -479,7 +479,7 @@ class SBarrier(SyncObject):
         if self.broken:
             raise threading.BrokenBarrierError
         index = len(self.waiters)
-        timeout = self.default_timeout if timeout is None else _timeout(timeout, "now")
+        timeout = self.default_timeout if timeout is None else timeout_value(timeout, "now")
         if index + 1 == self.parties:
             conn = self.server.current
             assert conn is not None
@@ -598,7 +598,7 @@ class SQueue(SyncObject):
             return None
         if not block:
             raise queue.Full
-        return self.park(self.putters, tid, item, _timeout(timeout, "error"),
+        return self.park(self.putters, tid, item, timeout_value(timeout, "error"),
                          lambda w: w.fail(queue.Full()))
 
     @op("put_nowait")
@@ -623,7 +623,7 @@ class SQueue(SyncObject):
             return item
         if not block:
             raise queue.Empty
-        return self.park(self.getters, tid, None, _timeout(timeout, "error"),
+        return self.park(self.getters, tid, None, timeout_value(timeout, "error"),
                          lambda w: w.fail(queue.Empty()))
 
     @op("get_nowait")

@@ -21,6 +21,7 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
+from .._sync import timeout_value as _timeout
 from .._syncproxies import (
     BarrierProxy,
     ConditionProxy,
@@ -45,21 +46,6 @@ __all__ = [
 ]
 
 ACTION = 5
-
-
-def _timeout(value: Any, negative: str) -> float | None:
-    """As ``_sync._timeout`` in the server: None (for ever) or seconds >= 0."""
-    if value is None:
-        return None
-    if type(value) not in (int, float):
-        raise TypeError(f"timeout must be a number or None, not {type(value).__name__}")
-    if value < 0:
-        if negative == "now":
-            return 0.0
-        if negative == "lock" and value == -1:
-            return None
-        raise ValueError("'timeout' must be a non-negative number")
-    return float(value)
 
 
 class _SyncProxy(RedisProxy):
