@@ -361,10 +361,13 @@ class Conn:
         self.out.append(HEADER.pack(len(body), rid) + body)
         self.mark_dirty()
 
-    def reply_error(self, rid: int, e: BaseException, custom: bool = False) -> None:
+    def reply_error(self, rid: int, e: BaseException, custom: bool = False,
+                    parked: bool = True) -> None:
+        """The error reply to a request that was parked (or ran elsewhere; ``parked=False``:
+        one whose reply was held for a journal commit)."""
         if self.closed or not rid:
             return
-        if self.parked:
+        if parked and self.parked:
             self.parked -= 1
         body = self.encode_error(e, custom)
         self.out.append(HEADER.pack(len(body), rid) + body)
@@ -734,7 +737,7 @@ class Server:
         except StoreError as e:
             log.error("%s", e)
             for conn, rid, _ in held:
-                conn.reply_error(rid, RemoteError(f"not persisted: {e}"))
+                conn.reply_error(rid, RemoteError(f"not persisted: {e}"), parked=False)
             return
         for conn, _, frame in held:
             if not conn.closed:
