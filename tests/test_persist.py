@@ -187,6 +187,28 @@ def test_an_unfinished_snapshot_loses_nothing(tmp_path: pathlib.Path, end: str,
         assert "snapshot.1.tmp" not in os.listdir(data)     # the torso is removed
 
 
+@pytest.mark.timeout(60)
+def test_a_snapshot_that_cannot_start_leaves_the_journals(tmp_path: pathlib.Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fork() -> int:
+        raise OSError(12, "Cannot allocate memory (injected)")
+    monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1 << 30)
+    with server_in_thread(tmp_path, fsync="always") as m:
+        m.root.update({k: k for k in range(20_000)})
+        monkeypatch.setattr(os, "fork", no_fork)
+        monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1000)
+        m.root["a"] = 1                           # would compact: the fork fails, logged
+        assert not persistence(m)["compacting"] and persistence(m)["snapshots"] == 0
+        monkeypatch.undo()
+        monkeypatch.setattr(_persist, "COMPACT_FLOOR", 100)
+        for i in range(3):
+            m.root["b"] = i                       # the next try works
+        wait_until_compacted(m)
+        assert persistence(m)["snapshots"] == 1
+    with server_in_thread(tmp_path) as m:
+        assert len(m.root) == 20_002 and (m.root["a"], m.root["b"]) == (1, 2)
+
+
 def _server_process(directory: str, conn: Any) -> None:
     """A persisting server in its own process; it compacts when told to over ``conn``."""
     srv = Server(None, b"k" * 16, persist=directory)

@@ -787,9 +787,13 @@ class Server:
             log.error("%s", e)
             return
         server = os.getpid()
-        with warnings.catch_warnings():   # Python 3.12+ warns of fork in a threaded process:
-            warnings.simplefilter("ignore", DeprecationWarning)   # the child takes no lock
-            pid = os.fork()
+        try:
+            with warnings.catch_warnings():   # Python 3.12+ warns of fork in a threaded
+                warnings.simplefilter("ignore", DeprecationWarning)   # process: the child
+                pid = os.fork()                                      # takes no lock
+        except OSError as e:              # no memory or processes left: the journals go on
+            log.error("could not start writing a snapshot in %s: %s", store.dir, e)
+            return
         if pid == 0:
             self._write_snapshot_and_exit(store, gen, server)
         self._snapshot_child = (pid, gen)
