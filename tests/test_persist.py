@@ -164,13 +164,10 @@ def test_an_unfinished_snapshot_loses_nothing(tmp_path: pathlib.Path, end: str,
         m.root["before"] = [1, 2]
         child = _big_state_then_compact(m, monkeypatch)
         monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1 << 30)
-        tmp = data / "snapshot.1.tmp"
-        while not tmp.exists() or not tmp.stat().st_size:
-            time.sleep(0.001)
-        os.kill(child, signal.SIGSTOP)            # caught half-way
+        _stop_while_writing(child)
         m.root["before"].append(3)                # in the new journal
-        names = sorted(os.listdir(data))
-        assert names == ["LOCK", "journal.0", "journal.1", "snapshot.1.tmp"]
+        names = set(os.listdir(data)) - {"snapshot.1.tmp"}
+        assert names == {"LOCK", "journal.0", "journal.1"}
         if end == "server crashed":
             shutil.copytree(data, tmp_path / "crashed")
             data = tmp_path / "crashed"
@@ -199,14 +196,35 @@ def test_a_snapshot_that_cannot_start_leaves_the_journals(tmp_path: pathlib.Path
         monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1000)
         m.root["a"] = 1                           # would compact: the fork fails, logged
         assert not persistence(m)["compacting"] and persistence(m)["snapshots"] == 0
+        assert sorted(os.listdir(tmp_path)) == ["LOCK", "journal.0", "journal.1"]
+        shutil.copytree(tmp_path, tmp_path.parent / "then")
         monkeypatch.undo()
         monkeypatch.setattr(_persist, "COMPACT_FLOOR", 100)
-        for i in range(3):
-            m.root["b"] = i                       # the next try works
+        m.root["b"] = 0
+        assert persistence(m)["snapshots"] == 0   # not tried again at once
+        m.root.update({k: k for k in range(20_000, 80_000)})
+        m.root["b"] = 1                           # grown as much again: tried, and it works
         wait_until_compacted(m)
         assert persistence(m)["snapshots"] == 1
     with server_in_thread(tmp_path) as m:
-        assert len(m.root) == 20_002 and (m.root["a"], m.root["b"]) == (1, 2)
+        assert len(m.root) == 80_002 and (m.root["a"], m.root["b"]) == (1, 1)
+    with server_in_thread(tmp_path.parent / "then") as m:    # the journals as the failure left them
+        assert len(m.root) == 20_001 and m.root["a"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_snapshot_that_fails_to_write_leaves_the_journals(tmp_path: pathlib.Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "snapshot.1.tmp").mkdir()         # the child cannot create its file
+    monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1000)
+    with server_in_thread(tmp_path, fsync="always") as m:
+        m.root.update({k: k for k in range(2_000)})
+        wait_until_compacted(m)                   # the child failed, and said nothing
+        assert persistence(m)["snapshots"] == 0
+        assert {"journal.0", "journal.1"} <= set(os.listdir(tmp_path))
+        m.root["after"] = "the failure"
+    with server_in_thread(tmp_path) as m:
+        assert len(m.root) == 2_001 and m.root["after"] == "the failure"
 
 
 def _server_process(directory: str, conn: Any) -> None:
@@ -234,24 +252,30 @@ def test_a_server_killed_while_a_snapshot_is_written(tmp_path: pathlib.Path) -> 
     while persistence(m)["snapshots"] == 0 and not persistence(m)["compacting"]:
         time.sleep(0.001)
     (child,) = _children_of(proc.pid)
-    tmp = tmp_path / "snapshot.1.tmp"
-    while not tmp.exists() or not tmp.stat().st_size:
-        time.sleep(0.001)
-    os.kill(child, signal.SIGSTOP)                # caught half-way
+    _stop_while_writing(child)
     m.root["last"] = "write"
     os.kill(proc.pid, signal.SIGKILL)
     proc.join(10)
     with pytest.raises(shoal.ConnectionLost):     # the child holds no client's socket
         m.root["after"] = "the kill"
     _client.forget_connection(conn)
-    os.kill(child, signal.SIGCONT)
-    with server_in_thread(tmp_path) as m2:        # not refused: the lock went with the server
-        assert len(m2.root) == 300_001 and m2.root["last"] == "write"
-    deadline = time.monotonic() + 10
-    while _alive(child):                          # the orphan saw its server gone, and quit
+    deadline = time.monotonic() + 2
+    while _alive(child):                          # stopped, yet killed with its server
         assert time.monotonic() < deadline, "the snapshot writer outlived its server"
         time.sleep(0.01)
+    with server_in_thread(tmp_path) as m2:        # not refused: the lock went with the server
+        assert len(m2.root) == 300_001 and m2.root["last"] == "write"
     assert not list(tmp_path.glob("snapshot*"))   # nothing half-written was installed
+
+
+def _stop_while_writing(child: int) -> None:
+    """SIGSTOP the snapshot writer once it has let go of what it inherited (so it is set up,
+    and busy with the objects)."""
+    deadline = time.monotonic() + 10
+    while len(os.listdir(f"/proc/{child}/fd")) > 5:
+        assert time.monotonic() < deadline, "the snapshot writer did not start"
+        time.sleep(0.0005)
+    os.kill(child, signal.SIGSTOP)
 
 
 def _children_of(pid: int) -> set[int]:

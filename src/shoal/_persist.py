@@ -24,10 +24,11 @@ then ``[0, next id, request]`` (a request as it came from a client, replayed as 
 On start the snapshot is loaded and the journals from its generation on are replayed, oldest
 first. A last journal whose last record is cut short (a crash in the middle of a write) is
 truncated to its last whole record; any other damage stops the start with an error naming the
-file and the offset, and nothing is overwritten. When the journal has grown past twice the
-snapshot (and a floor), the server fsyncs it, begins journal.<gen + 1>, and a forked child writes
-the objects as they were at that moment to ``snapshot.<gen + 1>.tmp`` and fsyncs it; the server,
-which went on serving meanwhile, then renames it to ``snapshot`` and removes the older journals.
+file and the offset, and nothing is overwritten. When the journals have grown past twice the
+snapshot (and a floor), the server fsyncs the journal, begins journal.<gen + 1>, and a forked
+child writes the objects as they were at that moment to ``snapshot.<gen + 1>.tmp`` and fsyncs it;
+the server, which went on serving meanwhile, then renames it to ``snapshot`` and removes the
+older journals.
 So a restart reads the live data, not its history, and a crash at any point leaves either the
 old snapshot with every journal since it, or the new one with the journal that follows it.
 """
@@ -141,8 +142,9 @@ class Store:
         self.gen = 0                      # the journal being written: journal.<gen>
         self._fd = -1
         self.buffer: list[bytes] = []      # framed records waiting for commit()
-        self.journal_size = 0
+        self.journal_size = 0             # bytes of the journals a restart would replay
         self.snapshot_size = 0
+        self._retry_size = 0              # after a failed snapshot: journal_size to try again at
         self._unsynced = False
         self.fsync_seconds = 0.0          # how long the last commit's fsync took
         self.records = 0                  # records written to journals since the start
@@ -183,6 +185,7 @@ class Store:
             raise CorruptStore(f"{self.dir}: journal.{gen} to journal.{journals[-1]} should all "
                                f"be there, but only {', '.join(map(str, journals))} are")
         records: list[bytes] = []
+        self.journal_size = 0
         for g in journals:
             path = self._journal_path(g)
             last = g == journals[-1]
@@ -199,7 +202,10 @@ class Store:
                 # new write follows it (the new writes build on it).
                 self.io.fsync(f.fileno())
             records += bodies[1:]
+            self.journal_size += good
         self._open_journal(journals[-1] if journals else gen)
+        if stale:
+            self._fsync_dir()    # the snapshot's rename is on disk before what it replaced goes
         for old in stale:    # journals older than the snapshot (a crash between renaming it and
             try:             # removing them), and unfinished snapshots
                 os.unlink(self._journal_path(old) if type(old) is int
@@ -226,7 +232,8 @@ class Store:
                 os.close(self._fd)
             self._fd = fd
         self.gen = gen
-        self.journal_size = os.path.getsize(path)
+        if fresh:
+            self.journal_size += len(header)
         if self.fsync == "everysec" and self._syncer is None:
             self._syncer = threading.Thread(target=self._sync_every_second, daemon=True,
                                             name="shoal-fsync")
@@ -300,7 +307,7 @@ class Store:
     # -- compaction --------------------------------------------------------------------------
 
     def wants_compaction(self) -> bool:
-        return self.journal_size > max(COMPACT_FLOOR, 2 * self.snapshot_size)
+        return self.journal_size > max(COMPACT_FLOOR, 2 * self.snapshot_size, self._retry_size)
 
     def switch_journal(self) -> int:
         """Begin a new snapshot: fsync the journal (the restart may replay it before the next
@@ -343,6 +350,8 @@ class Store:
             log.error("could not install a snapshot in %s: %s (the journals go on)", self.dir, e)
             return
         self.snapshot_size = os.path.getsize(path)
+        self.journal_size = os.path.getsize(self._journal_path(self.gen))
+        self._retry_size = 0
         self.snapshots += 1
         for old in range(gen - 1, -1, -1):
             try:
@@ -353,7 +362,9 @@ class Store:
                 pass
 
     def drop_snapshot(self, gen: int) -> None:
-        """A snapshot that was not finished: the journals since the last one stay."""
+        """A snapshot that was not finished: the journals since the last one stay, and the
+        next try waits until they have grown as much again."""
+        self._retry_size = 2 * self.journal_size
         try:
             os.unlink(self.snapshot_path(gen))
         except OSError:

@@ -41,8 +41,8 @@ __all__ = ["Server", "Registration", "keep_freed_memory"]
 log = logging.getLogger("shoal.server")
 HEADER = P.HEADER
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # glibc's mallopt parameters
+_PR_SET_PDEATHSIG = 1                              # Linux prctl option
 _BULK_BODY = 64 * 1024    # a request this large is decoded counting its containers
-_SNAPSHOT_POLL = 0.01     # seconds between looks at the child writing a snapshot
 
 
 def keep_freed_memory() -> None:
@@ -58,6 +58,16 @@ def keep_freed_memory() -> None:
         return
     mallopt(_M_MMAP_THRESHOLD, 8 << 20)
     mallopt(_M_TRIM_THRESHOLD, 32 << 20)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this (forked) process when the thread that forked it ends.
+    Elsewhere: nothing (the caller looks for itself)."""
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -515,7 +525,8 @@ class Server:
         self.journal_codec = Codec(ref_of=_ref_of_shared, make_ref=self._restore_ref,
                                    from_opaque=Opaque, pickle_unknown=False)
         self._restoring = False
-        self._snapshot_child: tuple[int, int] | None = None   # (pid, generation)
+        self._snapshot_child: tuple[int, int, int] | None = None  # (pid, generation, pipe)
+        self._closing = False
         self.store: Store | None = None
         if persist is not None:
             self.store = Store(persist, fsync, store_io)
@@ -774,12 +785,14 @@ class Server:
     def compact(self) -> None:
         """Snapshot everything reachable from the root and begin a new journal. The snapshot
         is written by a forked child, which sees the objects as they are at the fork, while
-        this process goes on serving (Redis' BGREWRITEAOF); the loop pauses only for the fork."""
+        this process goes on serving (Redis' BGREWRITEAOF); the loop pauses only for the fork.
+        The child says on a pipe that the snapshot is whole (not by its exit status, which
+        someone else may reap)."""
         store = self.store
         assert store is not None
         if store.buffer or self.held:
             self.commit()               # the new journal begins after every write made so far
-        if self._snapshot_child is not None or store.failed is not None:
+        if self._snapshot_child is not None or store.failed is not None or self._closing:
             return
         try:
             gen = store.switch_journal()
@@ -787,28 +800,37 @@ class Server:
             log.error("%s", e)
             return
         server = os.getpid()
+        done_r, done_w = os.pipe()
         try:
             with warnings.catch_warnings():   # Python 3.12+ warns of fork in a threaded
                 warnings.simplefilter("ignore", DeprecationWarning)   # process: the child
                 pid = os.fork()                                      # takes no lock
         except OSError as e:              # no memory or processes left: the journals go on
+            os.close(done_r)
+            os.close(done_w)
             log.error("could not start writing a snapshot in %s: %s", store.dir, e)
+            store.drop_snapshot(gen)
             return
         if pid == 0:
-            self._write_snapshot_and_exit(store, gen, server)
-        self._snapshot_child = (pid, gen)
-        self.loop.call_later(_SNAPSHOT_POLL, self._snapshot_poll)
+            self._write_snapshot_and_exit(store, gen, server, done_w)
+        os.close(done_w)
+        self._snapshot_child = (pid, gen, done_r)
+        self.loop.add(done_r, READ, lambda events: self._snapshot_done())
 
-    def _write_snapshot_and_exit(self, store: Store, gen: int, server: int) -> None:
-        """The forked child: write the snapshot of ``gen`` and exit (0: it is whole). It
-        gives up if the ``server`` process ends."""
+    def _write_snapshot_and_exit(self, store: Store, gen: int, server: int, done: int) -> None:
+        """The forked child: write the snapshot of ``gen``, say so on ``done``, exit. It dies
+        with the ``server`` process (Linux: at once; elsewhere it looks between objects)."""
         code = 1
         try:
+            _die_with_parent()
+            if os.getppid() != server:
+                raise RuntimeError("the server ended")
             gc.disable()                  # nothing to collect, and pages stay shared
             # Let go of every inherited file: the clients' sockets (whose ends must close
             # when the server dies), the listener, the directory's lock. Nothing here uses
             # them, and the objects that own them are never closed (os._exit).
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            os.closerange(3, done)
+            os.closerange(done + 1, os.sysconf("SC_OPEN_MAX"))
             objs = [o for o in self.reachable() if hasattr(o, "state")]
             encode = self.journal_codec.encode
             header = encode(["shoal-snapshot", 1, gen, self._next_oid])
@@ -816,12 +838,13 @@ class Server:
             def records() -> Iterator[bytes]:
                 # The state is encoded on its own, so that loading can make every object
                 # before it decodes any state (whose references then resolve).
-                for i, o in enumerate(objs):
-                    if i % 4096 == 0 and os.getppid() != server:
+                for o in objs:
+                    if os.getppid() != server:
                         raise RuntimeError("the server ended")
                     yield encode([o.oid, o.typeid, o.parent, encode(o.state())])
             store.write_snapshot(store.snapshot_path(gen), header, records(),
                                  encode(["end", len(objs)]))
+            os.write(done, b"\1")
             code = 0
         except BaseException as e:
             try:
@@ -831,36 +854,42 @@ class Server:
         finally:
             os._exit(code)
 
-    def _snapshot_poll(self) -> None:
+    def _snapshot_done(self) -> None:
+        """The child wrote its byte (the snapshot is whole and on disk) or ended without."""
         assert self._snapshot_child is not None and self.store is not None
-        pid, gen = self._snapshot_child
+        pid, gen, done = self._snapshot_child
         try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:         # reaped by someone else: its result is unknown
-            done, status = pid, -1
-        if not done:
-            self.loop.call_later(_SNAPSHOT_POLL, self._snapshot_poll)
-            return
-        self._snapshot_child = None
-        if status == 0:
+            whole = os.read(done, 1) == b"\1"
+        except OSError:
+            whole = False
+        self._end_snapshot_child()
+        if whole:
             self.store.install_snapshot(gen)
         else:
-            log.error("writing the snapshot in %s failed (%s); the journals go on, and it is "
-                      "tried again when the journal has grown", self.store.dir,
-                      "unknown" if status < 0 else f"exit status {os.waitstatus_to_exitcode(status)}")
+            log.error("writing the snapshot in %s failed (see the error above); the journals "
+                      "go on, and it is tried again when they have grown as much again",
+                      self.store.dir)
             self.store.drop_snapshot(gen)
+
+    def _end_snapshot_child(self, kill: bool = False) -> None:
+        assert self._snapshot_child is not None
+        pid, _, done = self._snapshot_child
+        self._snapshot_child = None
+        self.loop.remove(done)
+        os.close(done)
+        try:
+            if kill:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)            # it has ended, or ends now
+        except OSError:                   # reaped by someone else already
+            pass
 
     def _stop_snapshot(self) -> None:
         """At a stop: a snapshot being written is abandoned (the journals have everything)."""
         if self._snapshot_child is None or self.store is None:
             return
-        pid, gen = self._snapshot_child
-        self._snapshot_child = None
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except OSError:
-            pass
+        gen = self._snapshot_child[1]
+        self._end_snapshot_child(kill=True)
         self.store.drop_snapshot(gen)
 
     def _restore(self, store: Store) -> None:
@@ -1066,6 +1095,7 @@ class Server:
         self.loop.stop()
 
     def close(self) -> None:
+        self._closing = True              # no new snapshot from here on
         for conn in list(self.conns):
             conn.flush()
             conn.close()
@@ -1081,9 +1111,9 @@ class Server:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
-            self._stop_snapshot()
             if self.held:
                 self.commit()
+            self._stop_snapshot()
             self.store.close()
         self.loop.close()
 
