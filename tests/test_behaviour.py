@@ -97,18 +97,6 @@ def _hold(obj: Any, ready: Any) -> None:
     time.sleep(600)
 
 
-def _hold_locked(d: Any, ready: Any, seconds: float) -> None:
-    with d.locked():
-        ready.set()
-        time.sleep(seconds)
-        d["by_child"] = True
-
-
-def _set_event_later(e: Any, delay: float) -> None:
-    time.sleep(delay)
-    e.set()
-
-
 def _notify_when_set(c: Any, d: Any) -> None:
     time.sleep(0.2)
     with c:

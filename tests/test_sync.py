@@ -66,11 +66,6 @@ def _release(s: Any) -> None:
     s.release()
 
 
-def _set_event_later(e: Any, delay: float) -> None:
-    time.sleep(delay)
-    e.set()
-
-
 def _wait_for_key(c: Any, d: Any, out: Any) -> None:
     with c:
         out.put(c.wait_for(lambda: d.get("go"), 10))
@@ -91,13 +86,6 @@ def _lock_copy_back(d: Any, lock: Any, first: int, n: int) -> None:
             row = d["test"]
             row[i] = i
             d["test"] = row
-
-
-def _hold_locked(d: Any, ready: Any, seconds: float) -> None:
-    with d.locked():
-        ready.set()
-        time.sleep(seconds)
-        d["by_child"] = True
 
 
 def _hold_locked_then_write(sub: Any, ready: Any, seconds: float, out: Any) -> None:
