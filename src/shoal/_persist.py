@@ -28,9 +28,9 @@ file and the offset, and nothing is overwritten. When the journals have grown pa
 snapshot (and a floor), the server fsyncs the journal, begins journal.<gen + 1>, and a forked
 child writes the objects as they were at that moment to ``snapshot.<gen + 1>.tmp`` and fsyncs it;
 the server, which went on serving meanwhile, then renames it to ``snapshot`` and removes the
-older journals.
-So a restart reads the live data, not its history, and a crash at any point leaves either the
-old snapshot with every journal since it, or the new one with the journal that follows it.
+older journals. So a restart reads the live data, not its history, and a crash at any point
+leaves either the old snapshot with every journal since it, or the new one with the journal
+that follows it.
 """
 
 from __future__ import annotations
@@ -348,6 +348,7 @@ class Store:
             self._fsync_dir()
         except OSError as e:
             log.error("could not install a snapshot in %s: %s (the journals go on)", self.dir, e)
+            self.drop_snapshot(gen)
             return
         self.snapshot_size = os.path.getsize(path)
         self.journal_size = os.path.getsize(self._journal_path(self.gen))
