@@ -104,3 +104,19 @@ def test_random_bytes_never_crash(junk: bytes) -> None:
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, RecursionError):
         pass
+
+
+class _Shared:
+    def __init__(self, oid: int, typeid: str) -> None:
+        self.oid, self.typeid = oid, typeid
+
+
+def test_references_encode_the_same_past_the_cache() -> None:
+    """Encoded references are memoized per codec: more of them than it keeps, each sent
+    several times, still decode to the reference that was sent."""
+    codec = Codec(ref_of=lambda o: (o.oid, o.typeid) if type(o) is _Shared else None,
+                  make_ref=lambda oid, typeid: (oid, typeid))
+    objs = [_Shared(i, "dict" if i % 2 else "list") for i in range(10_000)]
+    for _ in range(2):
+        got = codec.decode(codec.encode([objs, (objs[0], objs[-1])]))
+        assert got == [[(o.oid, o.typeid) for o in objs], ((0, "list"), (9_999, "dict"))]
