@@ -800,14 +800,16 @@ class Server:
             log.error("%s", e)
             return
         server = os.getpid()
-        done_r, done_w = os.pipe()
+        done_r = done_w = -1
         try:
+            done_r, done_w = os.pipe()
             with warnings.catch_warnings():   # Python 3.12+ warns of fork in a threaded
                 warnings.simplefilter("ignore", DeprecationWarning)   # process: the child
                 pid = os.fork()                                      # takes no lock
-        except OSError as e:              # no memory or processes left: the journals go on
-            os.close(done_r)
-            os.close(done_w)
+        except OSError as e:      # no memory, processes or files left: the journals go on
+            for fd in (done_r, done_w):
+                if fd >= 0:
+                    os.close(fd)
             log.error("could not start writing a snapshot in %s: %s", store.dir, e)
             store.drop_snapshot(gen)
             return
@@ -857,7 +859,7 @@ class Server:
     def _snapshot_done(self) -> None:
         """The child wrote its byte (the snapshot is whole and on disk) or ended without."""
         assert self._snapshot_child is not None and self.store is not None
-        pid, gen, done = self._snapshot_child
+        _, gen, done = self._snapshot_child
         try:
             whole = os.read(done, 1) == b"\1"
         except OSError:
@@ -866,9 +868,9 @@ class Server:
         if whole:
             self.store.install_snapshot(gen)
         else:
-            log.error("writing the snapshot in %s failed (see the error above); the journals "
-                      "go on, and it is tried again when they have grown as much again",
-                      self.store.dir)
+            log.error("writing the snapshot in %s failed (the writer's error, if it could say "
+                      "one, is on standard error); the journals go on, and it is tried again "
+                      "when they have grown as much again", self.store.dir)
             self.store.drop_snapshot(gen)
 
     def _end_snapshot_child(self, kill: bool = False) -> None:
