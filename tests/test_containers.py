@@ -7,6 +7,7 @@ import fractions
 import gc
 import time
 import multiprocessing
+import threading
 from typing import Any
 
 import pytest
@@ -279,6 +280,27 @@ def test_a_dropped_proxy_is_released_by_the_second_call_after_the_drop() -> None
         d["x"] = 1
         d["x"] = 2
         assert _objects_seen_by_another_process(m) == 1, m._debug_info()
+
+
+def test_what_a_process_dropped_is_released_before_it_waits() -> None:
+    """A call that may wait long (a queue's get, a lock's acquire ...) takes the releases of
+    the proxies dropped before it along, rather than leaving them for the call after it."""
+    with shoal.Manager() as m:
+        d = m.dict({"gone": list(range(1000))})
+        q = m.Queue()
+        inner = d["gone"]
+        del d["gone"]                      # now only the proxy keeps the nested list
+        del inner
+        gc.collect()
+        getter = threading.Thread(target=q.get, daemon=True)
+        getter.start()                     # waits in the server
+        deadline = time.monotonic() + 10
+        while _objects_seen_by_another_process(m) != 2:   # d and q
+            assert time.monotonic() < deadline, m._debug_info()
+            time.sleep(0.05)
+        q.put("done")
+        getter.join(10)
+        assert not getter.is_alive()
 
 
 def test_copy_is_plain_and_deep_and_keeps_shared_objects_as_proxies(

@@ -124,6 +124,13 @@ class BaseProxy:
             conn = self._reconnect()
         return conn.call(self._id, name, args)
 
+    def _call_may_wait(self, name: str, *args: Any) -> Any:
+        """``_call`` for a call that may wait in the server (for a lock, an item, a signal):
+        what this process dropped is released with it, not with its next call, which may
+        come much later."""
+        self._conn.release_dropped()
+        return self._call(name, *args)
+
     def _callmethod(self, methodname: str, args: Iterable[Any] = (),
                     kwds: dict[str, Any] | None = None) -> Any:
         """Call ``methodname`` on the shared object (Manager's API)."""

@@ -32,7 +32,8 @@ class AcquirerProxy(BaseProxy):
     owner_died = False
 
     def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
-        r = self._call("acquire", blocking, -1 if timeout is None else timeout, get_ident())
+        r = self._call_may_wait("acquire", blocking, -1 if timeout is None else timeout,
+                                get_ident())
         if r == OWNER_DIED:
             self.owner_died = True
             return True
@@ -98,7 +99,8 @@ class SemaphoreProxy(BaseProxy):
     dies are given back."""
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        return self._call("acquire", blocking, timeout, get_ident())  # type: ignore[no-any-return]
+        return self._call_may_wait(  # type: ignore[no-any-return]
+            "acquire", blocking, timeout, get_ident())
 
     def release(self, n: int = 1) -> None:
         self._call("release", n)
@@ -117,7 +119,7 @@ class ConditionProxy(AcquirerProxy):
     """A shared ``threading.Condition``."""
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._call("wait", timeout, get_ident())  # type: ignore[no-any-return]
+        return self._call_may_wait("wait", timeout, get_ident())  # type: ignore[no-any-return]
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         endtime = None
@@ -157,7 +159,7 @@ class EventProxy(BaseProxy):
         self._call("clear")
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._call("wait", timeout, get_ident())  # type: ignore[no-any-return]
+        return self._call_may_wait("wait", timeout, get_ident())  # type: ignore[no-any-return]
 
 
 class BarrierProxy(BaseProxy):
@@ -165,7 +167,7 @@ class BarrierProxy(BaseProxy):
     A party that dies while waiting breaks it, as a failing thread does."""
 
     def wait(self, timeout: float | None = None) -> int:
-        r = self._call("wait", timeout, get_ident())
+        r = self._call_may_wait("wait", timeout, get_ident())
         if type(r) is list:          # ["action", index, action]: we are the last to arrive
             _, index, action = r
             try:
@@ -207,7 +209,7 @@ class QueueProxy(BaseProxy):
             # any later call of this process. (An item that cannot be encoded raises here.)
             conn.send(self._id, "put_nowait", [item])
         else:
-            self._call("put", item, block, timeout, get_ident())
+            self._call_may_wait("put", item, block, timeout, get_ident())
 
     def _puts_cannot_fail(self, conn: Any) -> bool:
         known = conn.puts_cannot_fail
@@ -217,7 +219,7 @@ class QueueProxy(BaseProxy):
         return answer
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        return self._call("get", block, timeout, get_ident())
+        return self._call_may_wait("get", block, timeout, get_ident())
 
     def put_nowait(self, item: Any) -> None:
         self._call("put_nowait", item)
@@ -238,7 +240,7 @@ class QueueProxy(BaseProxy):
         self._call("task_done")
 
     def join(self) -> None:
-        self._call("join", get_ident())
+        self._call_may_wait("join", get_ident())
 
 
 class IteratorProxy(BaseProxy):
