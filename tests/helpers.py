@@ -87,26 +87,6 @@ def locked_many(d: Any, key: str, n: int) -> None:
             d[key] = d.get(key, 0) + 1
 
 
-def racy_many(d: Any, key: str, n: int) -> None:
-    for _ in range(n):
-        d[key] = d.get(key, 0) + 1
-
-
-def hold_forever(lock: Any, ready: Any) -> None:
-    lock.acquire()
-    ready.set()
-    time.sleep(600)
-
-
-def report_pid(q: Any) -> None:
-    q.put(os.getpid())
-
-
-def wait_on_barrier(b: Any, ready: Any) -> None:
-    ready.set()
-    b.wait()
-
-
 def get_forever(q: Any, ready: Any) -> None:
     """Wait in ``q.get()``, then stay (until killed)."""
     ready.set()
@@ -124,10 +104,3 @@ def hold_locked(d: Any, ready: Any, seconds: float) -> None:
 def set_event_later(e: Any, delay: float) -> None:
     time.sleep(delay)
     e.set()
-
-
-def hold_semaphore(s: Any, n: int, ready: Any) -> None:
-    for _ in range(n):
-        s.acquire()
-    ready.set()
-    time.sleep(600)
