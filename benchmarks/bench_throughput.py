@@ -1,12 +1,15 @@
 """Throughput, bulk work, server memory and per-operation latency: shoal beside its baselines.
 
-Four parts, each run on every system in one process tree, rounds interleaved, medians reported:
+Six parts, each run on every system in one process tree, rounds interleaved, medians reported:
 
 * **throughput**: 1, 2, 4 and 8 client processes each doing small dict operations (a set and
   a get on int keys, alternating) for a fixed time after a common start; total ops/s.
   Systems: ``multiprocessing.Manager``, shoal, redis-py against a local ``redis-server`` (a
   hash: HSET/HGET) and diskcache (``diskcache.Cache``, SQLite, no server).
 * **profile**: the shoal server's CPU use and a py-spy profile of it under the 4-client load.
+* **sched**: the 4-client load with the clients as they are and as ``SCHED_BATCH`` processes
+  (which do not preempt a running process when a reply wakes them), Manager and shoal, with
+  how often each server was preempted per operation.
 * **bulk**: 100,000 writes as a loop of ``d[k] = v``, as the same loop in a pipeline, as one
   ``update()``; 100,000 reads as a loop of ``d[k]``, one ``get_many()`` and one ``copy()``.
 * **memory**: growth of the server's RSS when 1,000,000 int -> int entries are stored (in
@@ -57,7 +60,7 @@ from _common import load_average as _load, shown_path as _shown_path
 
 NAME = "bench_throughput"
 START, END = f"<!-- {NAME}:start -->", f"<!-- {NAME}:end -->"
-PARTS = ("throughput", "profile", "bulk", "memory", "latency")
+PARTS = ("throughput", "profile", "sched", "bulk", "memory", "latency")
 INTRO = """\
 # Benchmarks
 
@@ -188,8 +191,10 @@ def _open_kv(kind: str, handle: Any) -> tuple[Callable[[int, int], Any], Callabl
 
 
 def _throughput_client(kind: str, handle: Any, wid: int, keys: int, duration: float,
-                       barrier: Any, results: Any) -> None:
+                       barrier: Any, results: Any, policy: int | None) -> None:
     try:
+        if policy is not None:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
         setf, getf, close = _open_kv(kind, handle)
         rng = random.Random(wid)
         ks = [rng.randrange(keys) for _ in range(1024)]
@@ -219,13 +224,16 @@ def _throughput_client(kind: str, handle: Any, wid: int, keys: int, duration: fl
 
 
 def run_clients(kind: str, handle: Any, nclients: int, duration: float, keys: int,
-                during: Callable[[], Any] | None = None) -> tuple[float, float, Any]:
+                during: Callable[[], Any] | None = None,
+                policy: int | None = None) -> tuple[float, float, Any]:
     """(total ops/s, client CPU seconds per op, what ``during`` returned) of ``nclients``
-    processes started together; ``during`` runs in this process meanwhile."""
+    processes started together; ``during`` runs in this process meanwhile. ``policy``: a
+    scheduling policy the clients take (``os.SCHED_BATCH``), or None to leave theirs."""
     barrier = multiprocessing.Barrier(nclients + 1)
     results: Any = multiprocessing.Queue()
     procs = [multiprocessing.Process(target=_throughput_client, daemon=True,
-                                     args=(kind, handle, i, keys, duration, barrier, results))
+                                     args=(kind, handle, i, keys, duration, barrier, results,
+                                           policy))
              for i in range(nclients)]
     for p in procs:
         p.start()
@@ -482,6 +490,90 @@ runs).
 {prof}
 
 {textwrap.fill(" ".join(reading), 100, break_long_words=False, break_on_hyphens=False)}
+
+{_produced(args, load)}"""
+
+
+# -- sched: clients that preempt the server ----------------------------------------------------
+
+def _preempted(pid: int) -> int:
+    """How many times the threads of ``pid`` were preempted so far (nonvoluntary switches)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):     # a thread that ended meanwhile
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def part_sched(args: argparse.Namespace, sysmap: dict[str, Any]) -> str:
+    load = _load()
+    if not hasattr(os, "SCHED_BATCH"):
+        return "### The scheduler\n\nskipped: no SCHED_BATCH on this system (Linux only)."
+    nclients, dur = 4, args.duration
+    servers = {name: sysmap[name] for name in ("Manager", "shoal")}
+    for name, (_, d) in servers.items():
+        _prefill(name, d, 1000)
+    modes = {"as they are": None, "SCHED_BATCH": os.SCHED_BATCH}
+    ops: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    per_op: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+
+    def window(pid: int) -> tuple[float, int]:
+        time.sleep(0.3)
+        t0, n0 = time.perf_counter(), _preempted(pid)
+        time.sleep(dur)
+        return time.perf_counter() - t0, _preempted(pid) - n0
+
+    for r in range(args.rounds):
+        for j, mode in enumerate(modes if r % 2 == 0 else list(modes)[::-1]):
+            for name in (servers if (r + j) % 2 == 0 else list(servers)[::-1]):
+                mgr, d = servers[name]
+                pid = mgr._process.pid
+                gc.collect()
+                rate, _, (secs, switches) = run_clients(
+                    name, d, nclients, dur + 0.6, 1000, policy=modes[mode],
+                    during=lambda pid=pid: window(pid))
+                ops[name, mode].append(rate)
+                per_op[name, mode].append(switches / secs / rate)
+        print(f"  sched round {r + 1}/{args.rounds} done (load {_load()})", file=sys.stderr)
+    med = {k: _median(v) for k, v in ops.items()}
+    pre = {k: _median(v) for k, v in per_op.items()}
+    lines = ["| server | " + " | ".join(f"clients {m}: ops/s | preempted per 1,000 ops"
+                                       for m in modes) + " |",
+             "| --- |" + " ---: | ---: |" * len(modes)]
+    for name in servers:
+        lines.append(f"| {name} | " + " | ".join(
+            f"{med[name, m]:,.0f} | {pre[name, m] * 1000:,.0f}" for m in modes) + " |")
+    lines.append("| shoal / Manager | " + " | ".join(
+        f"{_fmt_ratio(med['shoal', m] / med['Manager', m])} | " for m in modes) + " |")
+    batch_gain = med["shoal", "SCHED_BATCH"] / med["shoal", "as they are"]
+    reading = (
+        f"With the clients as they are, a reply that wakes a client often hands it the server's "
+        f"CPU: the shoal server was preempted {pre['shoal', 'as they are'] * 1000:,.0f} times "
+        f"per 1,000 operations, and each time waits while that client runs. Clients under "
+        f"`SCHED_BATCH` wait for their turn instead; the shoal server was then preempted "
+        f"{pre['shoal', 'SCHED_BATCH'] * 1000:,.0f} times per 1,000 operations and served "
+        f"{batch_gain:.2f}× as many operations per second, "
+        f"{med['shoal', 'SCHED_BATCH'] / med['Manager', 'SCHED_BATCH']:.2f}× Manager under the "
+        f"same policy. Manager's threads contend for one GIL whatever the clients do. A program "
+        f"whose workers are busy with shoal on a machine with fewer CPUs than processes can "
+        f"take this policy in each worker: "
+        f"`os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))` (Linux; no privilege "
+        f"needed). It can delay a worker woken while every CPU is busy with other work, so it "
+        f"is a choice for throughput jobs, not something shoal does for you.")
+    return f"""### The scheduler: clients that preempt the server
+
+The 4-client load of the throughput part (set/get alternating, {dur:g} s per run), on Manager and
+shoal, with the client processes as they are and with each client process under `SCHED_BATCH`
+(`os.sched_setscheduler`, Linux), which does not preempt a running process when it wakes. "Preempted"
+counts the server process's involuntary context switches (all its threads, from
+`/proc/PID/task/*/status`) over the run, per client operation. Medians over
+{_rounds(args.rounds)}; modes and systems alternate in order from round to round.
+
+{chr(10).join(lines)}
+
+{textwrap.fill(reading, 100, break_long_words=False, break_on_hyphens=False)}
 
 {_produced(args, load)}"""
 
@@ -1077,6 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example: python benchmarks/bench_throughput.py --markdown docs/benchmarks.md")
     for p, what in (("throughput", "aggregate ops/s from 1, 2, 4 and 8 client processes"),
                     ("profile", "shoal server CPU use and a py-spy profile under 4 clients"),
+                    ("sched", "4 clients as they are and as SCHED_BATCH processes"),
                     ("bulk", "bulk writes and reads of --entries entries"),
                     ("memory", "server RSS for --memory-entries int -> int entries"),
                     ("latency", "per-op latency by operation, one client")):
@@ -1133,8 +1226,8 @@ def main(argv: list[str] | None = None) -> int:
             words.append(a)
     args.command = " ".join(["python benchmarks/bench_throughput.py", *words])
 
-    runners = {"throughput": part_throughput, "profile": part_profile, "bulk": part_bulk,
-               "memory": part_memory, "latency": part_latency}
+    runners = {"throughput": part_throughput, "profile": part_profile, "sched": part_sched,
+               "bulk": part_bulk, "memory": part_memory, "latency": part_latency}
     parts: dict[str, str] = {}
     with systems(with_diskcache=not args.no_diskcache) as sysmap:
         for p in chosen:
