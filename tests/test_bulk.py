@@ -40,6 +40,23 @@ def test_pipeline_reports_the_first_error_at_the_end(manager: shoal.SyncManager)
     assert d.get("a") == 1               # the connection is in a clean state afterwards
 
 
+def test_a_pipeline_that_ends_with_writes_waits_for_them(manager: shoal.SyncManager) -> None:
+    """The last writes of a block travel as one batch: the block's end waits for it too, and
+    raises its error."""
+    d, lst = manager.dict(), manager.list(range(5))
+    with pytest.raises(TypeError, match="unhashable"):
+        with shoal.pipeline(d) as pd:
+            pd["a"] = 1
+            pd[[1]] = 2                  # a list cannot be a key
+    with pytest.raises(ValueError):
+        with shoal.pipeline(lst) as pl:
+            pl[::2] = ["x", "y"]         # 3 places, 2 items
+    with shoal.pipeline(d) as pd:
+        pd["b"] = 2
+    assert d._conn._replies == {}        # no reply was left behind
+    assert d == {"a": 1, "b": 2}
+
+
 def test_pipeline_over_several_objects(manager: shoal.SyncManager) -> None:
     d, lst = manager.dict(), manager.list()
     with shoal.pipeline(d, lst) as (pd, pl):

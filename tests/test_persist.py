@@ -122,6 +122,62 @@ def test_compaction_keeps_the_live_data_only(tmp_path: pathlib.Path,
         assert m.root["hot"] == 2999
 
 
+@pytest.mark.timeout(60)
+def test_a_container_held_only_by_a_proxy_survives(tmp_path: pathlib.Path) -> None:
+    """The journal does not say which objects clients held: a container taken out of its
+    parent and put back, or swapped with another, must replay as it ran."""
+    with shoal.Manager(persist=tmp_path, fsync="always") as m:
+        r = m.root
+        r["a"], r["x"], r["y"] = {"v": 1}, {"name": "X"}, {"name": "Y"}
+        a = r["a"]
+        del r["a"]                               # only the proxy keeps it now
+        a["w"] = 2
+        r["b"] = a
+        x, y = r["x"], r["y"]
+        r["x"], r["y"] = y, x
+    with shoal.Manager(persist=tmp_path) as m:
+        assert shoal.unwrap(m.root) == {"b": {"v": 1, "w": 2}, "x": {"name": "Y"},
+                                        "y": {"name": "X"}}
+
+
+@pytest.mark.timeout(60)
+def test_a_container_stored_after_a_snapshot_was_taken_survives(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_persist, "COMPACT_FLOOR", 20_000)
+    with server_in_thread(tmp_path, fsync="always") as m:
+        scratch = m.dict(k="v")                  # not reachable from the root (yet)
+        i = 0
+        while persistence(m)["snapshots"] == 0:
+            m.root["hot"] = i
+            i += 1
+        wait_until_compacted(m)
+        scratch["k2"] = "v2"
+        m.root["kept"] = scratch
+    with server_in_thread(tmp_path) as m:
+        assert m.root["kept"] == {"k": "v", "k2": "v2"}
+
+
+@pytest.mark.timeout(60)
+def test_a_write_that_fails_half_way_replays_the_same(tmp_path: pathlib.Path) -> None:
+    """A pipeline's batch and a sort can change the list before they raise."""
+    with shoal.Manager(persist=tmp_path, fsync="always") as m:
+        r = m.root
+        r["l"], r["s"] = [0, 0, 0], [3, 1, 2, None]
+        lst, srt = r["l"], r["s"]
+        with pytest.raises(IndexError):
+            with shoal.pipeline(lst) as pl:
+                pl[0] = "a"
+                pl[10] = "b"
+                pl[1] = "c"
+        with pytest.raises(TypeError):
+            srt.sort()
+        srt[0] = "x"
+        before = shoal.unwrap(r)
+        assert before["l"] == ["a", "c", 0]
+    with shoal.Manager(persist=tmp_path) as m:
+        assert shoal.unwrap(m.root) == before
+
+
 def _big_state_then_compact(m: shoal.SyncManager, monkeypatch: pytest.MonkeyPatch) -> int:
     """Put 300,000 keys in the root (journal only), then make the next write compact; the
     process it forked to write the snapshot."""
@@ -375,6 +431,41 @@ class FailingIO(_persist.FileIO):
         if self.fsyncs == self.fail_fsync:
             raise OSError(5, "Input/output error (injected)")
         super().fsync(fd)
+
+
+@pytest.mark.timeout(60)
+def test_a_put_let_in_by_a_get_waits_for_the_journal(tmp_path: pathlib.Path) -> None:
+    """A blocked put() that a get() completes is answered only once its item is on disk: when
+    the journal write fails, both hear of it."""
+    io = FailingIO()
+    with server_in_thread(tmp_path, fsync="always", store_io=io) as m:
+        q = m.Queue(maxsize=1)
+        m.root["q"] = q
+        q.put("A")
+        put_result: list[object] = []
+
+        def putter() -> None:
+            try:
+                q.put("B")
+                put_result.append("ok")
+            except shoal.RemoteError as e:
+                put_result.append(e)
+
+        t = threading.Thread(target=putter)
+        t.start()
+        deadline = time.monotonic() + 10
+        while not any(info["putters_waiting"]
+                      for info in m.root._conn.call(0, "inspect", [])["queues"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        io.fail_write = io.writes + 1            # the disk fails now
+        with pytest.raises(shoal.RemoteError, match="not persisted"):
+            q.get()
+        t.join(10)
+        assert len(put_result) == 1 and isinstance(put_result[0], shoal.RemoteError)
+    with server_in_thread(tmp_path) as m:
+        q = m.root["q"]
+        assert [q.get_nowait() for _ in range(q.qsize())] == ["A"]
 
 
 @pytest.mark.timeout(120)

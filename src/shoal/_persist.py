@@ -1,10 +1,10 @@
-"""Durable state: a snapshot of everything reachable from the root, and a journal of the writes
+"""Durable state: a snapshot of the live objects, and a journal of the writes
 made since, in one directory (the design of Redis' append-only file, with its rewrite).
 
 Files in the directory::
 
     LOCK              held (flock) by the live server; a second server is refused
-    snapshot          every object reachable from the root, as of the start of journal.<gen>
+    snapshot          every live object, as of the start of journal.<gen>
     journal.<gen>     the writes since that snapshot, in the order they ran; while a new
                       snapshot is written, a newer journal.<gen + 1> takes the writes
     snapshot.<gen>.tmp  a snapshot being written (by a child process); renamed when whole

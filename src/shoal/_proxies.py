@@ -639,6 +639,8 @@ class Pipeline:
 
     def sync(self) -> None:
         """Wait for every call sent so far; raise the first error among them."""
+        if self._batch:
+            self._flush_batch()             # the last writes get their request id first
         self._collect(len(self._rids))
         error, self._error = self._error, None
         if error is not None:

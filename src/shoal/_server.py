@@ -368,8 +368,18 @@ class Conn:
             body = self.encode([P.REPLY_OK, value])
         except Exception as e:
             body = self.encode_error(e)
-        self.out.append(HEADER.pack(len(body), rid) + body)
-        self.mark_dirty()
+        self._send_after_journal(rid, HEADER.pack(len(body), rid) + body)
+
+    def _send_after_journal(self, rid: int, frame: bytes) -> None:
+        """Queue a reply that comes later than its request; while the journal has records not
+        yet committed it waits for them (a put that a get let in, a waiter woken by a write:
+        what it tells of may not be on disk yet)."""
+        server = self.server
+        if server.store is not None and server.store.buffer:
+            server.held.append((self, rid, frame))
+        else:
+            self.out.append(frame)
+            self.mark_dirty()
 
     def reply_error(self, rid: int, e: BaseException, custom: bool = False,
                     parked: bool = True) -> None:
@@ -380,8 +390,12 @@ class Conn:
         if parked and self.parked:
             self.parked -= 1
         body = self.encode_error(e, custom)
-        self.out.append(HEADER.pack(len(body), rid) + body)
-        self.mark_dirty()
+        frame = HEADER.pack(len(body), rid) + body
+        if parked:
+            self._send_after_journal(rid, frame)
+        else:                               # the commit failed: it goes out now
+            self.out.append(frame)
+            self.mark_dirty()
 
     def encode_error(self, e: BaseException, custom: bool = False) -> bytes:
         encode = self.encode
@@ -502,6 +516,8 @@ class Server:
         # id -> weak reference; an entry goes when its object is freed.
         self.objects: dict[int, weakref.ref[Shared]] = {}
         self._next_oid = 0
+        self._restoring = False
+        self._restored: list[Shared] = []     # every object, while a restore runs
         self.conns: set[Conn] = set()
         self.dirty: list[Conn] = []
         self.current: Conn | None = None      # the connection whose request is running
@@ -524,7 +540,6 @@ class Server:
                                        make_ref=self.lookup_ref, from_opaque=Opaque)
         self.journal_codec = Codec(ref_of=_ref_of_shared, make_ref=self._restore_ref,
                                    from_opaque=Opaque, pickle_unknown=False)
-        self._restoring = False
         self._snapshot_child: tuple[int, int, int] | None = None  # (pid, generation, pipe)
         self._closing = False
         self.store: Store | None = None
@@ -553,6 +568,8 @@ class Server:
         self._next_oid = oid + 1
         objects = self.objects
         objects[oid] = weakref.ref(obj, lambda _, oid=oid: objects.pop(oid, None))
+        if self._restoring:
+            self._restored.append(obj)
         return oid
 
     def get(self, oid: int) -> Shared | None:
@@ -681,14 +698,16 @@ class Server:
         """``handle`` when the server persists: a write goes to the journal, and its reply waits
         for the journal's commit at the end of the loop's turn (so a failed commit answers with
         an error instead, and a server killed after the reply has given the write to the OS)."""
+        records = store.buffer
+        start_oid, queued = self._next_oid, len(records)
+        writes = ran = False
         try:
             writes = name in type(obj).WRITES
             if writes and store.failed is not None:
                 raise RemoteError(f"the server could not persist ({store.failed}): it refuses "
                                   f"writes until it is restarted")
-            records = store.buffer
-            start_oid, queued = self._next_oid, len(records)
             args = msg[2]
+            ran = True
             if fn is None:
                 fn = obj.fallback(name)
                 result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
@@ -700,11 +719,15 @@ class Server:
             out = conn.reply_body(rid, result)
         except Exception as e:
             out = conn.encode_error(e) if rid else None
-            queued = -1
+            if ran and writes and type(obj) is not ServerOps:
+                # A write that raised may have changed something first (a pipeline's batch
+                # up to its bad item, a sort that met an uncomparable one): journaled all the
+                # same, it does the same again when replayed, and fails the same way.
+                records.append(frame_record(self.journal_codec.encode([0, start_oid, body])))
         if out is None:
             return
         frame = HEADER.pack(len(out), rid) + out
-        if queued >= 0 and len(records) > queued:
+        if len(records) > queued:
             self.held.append((conn, rid, frame))
         else:
             conn.out.append(frame)
@@ -765,25 +788,13 @@ class Server:
 
     # -- persistence: snapshot and restore -------------------------------------------------------
 
-    def reachable(self) -> list[Shared]:
-        """Every object reachable from the root, root first."""
-        seen: dict[int, Shared] = {self.root.oid: self.root}
-        todo = [self.root]
-        while todo:
-            obj = todo.pop()
-            for ref in refs_in(obj.state() if hasattr(obj, "state") else None):
-                if ref.oid not in seen:
-                    seen[ref.oid] = ref
-                    todo.append(ref)
-        return list(seen.values())
-
     @property
     def compacting(self) -> bool:
         """Is a snapshot being written?"""
         return self._snapshot_child is not None
 
     def compact(self) -> None:
-        """Snapshot everything reachable from the root and begin a new journal. The snapshot
+        """Snapshot every live object and begin a new journal. The snapshot
         is written by a forked child, which sees the objects as they are at the fork, while
         this process goes on serving (Redis' BGREWRITEAOF); the loop pauses only for the fork.
         The child says on a pipe that the snapshot is whole (not by its exit status, which
@@ -833,7 +844,10 @@ class Server:
             # them, and the objects that own them are never closed (os._exit).
             os.closerange(3, done)
             os.closerange(done + 1, os.sysconf("SC_OPEN_MAX"))
-            objs = [o for o in self.reachable() if hasattr(o, "state")]
+            # Every live object, not only those reachable from the root: one that a client
+            # holds through a proxy may be stored in the root after the snapshot, and the
+            # journals that made it are gone then. (A restore frees what stays unreachable.)
+            objs = [o for o in self.live_objects() if hasattr(o, "state")]
             encode = self.journal_codec.encode
             header = encode(["shoal-snapshot", 1, gen, self._next_oid])
 
@@ -897,7 +911,12 @@ class Server:
     def _restore(self, store: Store) -> None:
         snapshot, journal = store.load()
         decode = self.journal_codec.decode
-        keep: list[Shared] = [self.root]        # alive while the journal replays
+        # Every object stays alive until the replay ends: the journal does not say which
+        # objects clients held through proxies (a container taken out of its parent and put
+        # back later, or made before a snapshot and stored after it), only what they did.
+        # What is not reachable from the root at the end is freed then.
+        keep = self._restored
+        keep.append(self.root)
         self._restoring = True
         try:
             states = []
@@ -934,11 +953,9 @@ class Server:
                         if target is None:
                             continue
                         fn = type(target).OPS[msg[1]]
-                        result = fn(target, *msg[2], **(msg[3] if len(msg) > 3 else {}))
+                        fn(target, *msg[2], **(msg[3] if len(msg) > 3 else {}))
                     except Exception:       # it failed the same way when it first ran
-                        continue
-                    if isinstance(result, Shared):
-                        keep.append(result)
+                        pass
                 else:
                     q = self.get(rec[1])
                     if q is not None:
