@@ -526,11 +526,18 @@ def forget_connection(conn: Connection) -> None:
 
 def _after_fork_in_child() -> None:
     # The parent's sockets and locks are not ours: every proxy reconnects on its next call.
+    # Our copies of the parent's sockets are closed at once: while one stayed open, the server
+    # could not see the parent's connection end if the parent died (a lock it held would stay
+    # held for as long as this child lives).
     global _connections_lock
     _connections_lock = threading.Lock()
     for conn in _connections.values():
         conn.stale = True
         conn.closed = True
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
     _connections.clear()
 
 

@@ -29,13 +29,16 @@ _ERR = select.POLLERR | select.POLLHUP
 class Timer:
     """A scheduled call; ``cancel()`` makes it a no-op."""
 
-    __slots__ = ("when", "seq", "callback")
+    __slots__ = ("when", "seq", "callback", "loop")
 
-    def __init__(self, when: float, seq: int, callback: Callable[[], None] | None) -> None:
-        self.when, self.seq, self.callback = when, seq, callback
+    def __init__(self, when: float, seq: int, callback: Callable[[], None] | None,
+                 loop: Loop) -> None:
+        self.when, self.seq, self.callback, self.loop = when, seq, callback, loop
 
     def cancel(self) -> None:
-        self.callback = None
+        if self.callback is not None:
+            self.callback = None
+            self.loop._cancelled += 1
 
     def __lt__(self, other: Timer) -> bool:
         return (self.when, self.seq) < (other.when, other.seq)
@@ -53,6 +56,7 @@ class Loop:
             self._scale = 1000.0       # poll takes milliseconds
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._timers: list[Timer] = []
+        self._cancelled = 0        # cancelled timers still in the heap
         self._seq = itertools.count()
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._after: list[Callable[[], None]] = []
@@ -81,7 +85,13 @@ class Loop:
                 pass
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        t = Timer(monotonic() + delay, next(self._seq), callback)
+        if self._cancelled > 256 and self._cancelled * 2 > len(self._timers):
+            # Waits answered before their timeout leave cancelled timers behind: with long
+            # timeouts they would pile up until they are due. Drop them now and then.
+            self._timers[:] = [t for t in self._timers if t.callback is not None]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
+        t = Timer(monotonic() + delay, next(self._seq), callback, self)
         heapq.heappush(self._timers, t)
         return t
 
@@ -145,9 +155,12 @@ class Loop:
             if timers:
                 now = monotonic()
                 while timers and timers[0].when <= now:
-                    cb = heapq.heappop(timers).callback
+                    t = heapq.heappop(timers)
+                    cb, t.callback = t.callback, None
                     if cb is not None:
                         self._guard(cb)
+                    else:
+                        self._cancelled -= 1
             while calls:
                 self._guard(calls.popleft())
             for cb in after:

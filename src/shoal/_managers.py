@@ -317,9 +317,12 @@ class BaseManager:
         return conn.call(0, "debug_info")  # type: ignore[no-any-return]
 
 
-def _listable(x: Any) -> Any:
-    """What the wire can carry for an iterable argument (a generator or range becomes a list)."""
-    if isinstance(x, (builtins.list, builtins.tuple, BaseProxy, str, bytes)):
+def _listable(x: Any, address: Any) -> Any:
+    """What the wire can carry for an iterable argument: a list, tuple, dict, str or bytes as
+    it is, a proxy of the server at ``address`` by reference, anything else (a generator, a
+    subclass, another server's proxy) as a plain dict when it has keys, else a list."""
+    if type(x) in (builtins.list, builtins.tuple, builtins.dict, str, bytes) or (
+            isinstance(x, BaseProxy) and x._address == address):
         return x
     if hasattr(x, "keys"):
         return builtins.dict(x)
@@ -332,16 +335,16 @@ class SyncManager(BaseManager):
 
     def dict(self, *args: Any, **kwds: Any) -> DictProxy:
         """A new shared dict, made as ``dict(*args, **kwds)`` would be."""
-        return self._create_proxy("dict", [_listable(a) for a in args], kwds)  # type: ignore[no-any-return]
+        return self._create_proxy("dict", [_listable(a, self._address) for a in args], kwds)  # type: ignore[no-any-return]
 
     def list(self, *args: Any) -> ListProxy:
         """A new shared list, made as ``list(*args)`` would be."""
-        return self._create_proxy("list", [_listable(a) for a in args], {})  # type: ignore[no-any-return]
+        return self._create_proxy("list", [_listable(a, self._address) for a in args], {})  # type: ignore[no-any-return]
 
     def Array(self, typecode: str, sequence: Any, lock: Any = True) -> ArrayProxy:
         """A new shared ``array.array(typecode, sequence)``."""
         if not isinstance(sequence, int):
-            sequence = _listable(sequence)
+            sequence = _listable(sequence, self._address)
         return self._create_proxy("Array", [typecode, sequence], {})  # type: ignore[no-any-return]
 
 

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._codec import Opaque
+
 if TYPE_CHECKING:
     from ._server import Server
 
@@ -209,6 +211,26 @@ def _items(x: Any) -> Any:
     raise TypeError(f"'{type(x).__name__}' object is not iterable")
 
 
+def _pair(pair: Any, i: int) -> tuple[Any, Any]:
+    """Element ``i`` of a dict's update sequence as (key, value), with Python's errors."""
+    if isinstance(pair, (SList, SDict)):
+        pair = list(pair.data)
+    try:
+        k, v = pair
+    except TypeError:
+        raise TypeError(f"cannot convert dictionary update sequence element #{i} to a "
+                        f"sequence") from None
+    except ValueError:
+        raise ValueError(f"dictionary update sequence element #{i} has length "
+                         f"{len(pair)}; 2 is required") from None
+    return k, v
+
+
+def _has_opaque(values: Iterable[Any]) -> bool:
+    """Does a value (or a tuple in it, at any depth) travel as pickled bytes?"""
+    return any(type(v) is Opaque or (type(v) is tuple and _has_opaque(v)) for v in values)
+
+
 class SDict(Shared):
     __slots__ = ("data",)
     typeid = "dict"
@@ -221,7 +243,30 @@ class SDict(Shared):
 
     @classmethod
     def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
-        return cls(server, dict(*[a.data if isinstance(a, SDict) else a for a in args], **kw))
+        if len(args) > 1:
+            raise TypeError(f"dict expected at most 1 argument, got {len(args)}")
+        data: dict[Any, Any] = {}
+        if args:
+            a = args[0]
+            if isinstance(a, SDict):
+                data = dict(a.data)
+            elif type(a) is dict:
+                data = a
+            else:
+                data = dict(_pair(pair, i) for i, pair in enumerate(_items(a)))
+        return cls(server, {**data, **kw} if kw else data)
+
+    # Equal to a dict (shared or plain) with the same items, as the dict it stands for is:
+    # ``in``, ``index``, ``count``, ``remove`` and ``cas`` compare values. Hashed by identity
+    # all the same (the server keeps objects in sets).
+    __hash__ = Shared.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SDict):
+            return self.data == other.data
+        if type(other) is dict:
+            return self.data == other
+        return NotImplemented
 
     def size(self) -> int:
         return len(self.data)
@@ -316,10 +361,9 @@ class SDict(Shared):
         else:
             pairs = _items(other)
         new = {}
-        for pair in pairs:
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise TypeError("dictionary update sequence element is not a (key, value) pair")
-            new[pair[0]] = share(pair[1], self)
+        for i, pair in enumerate(pairs):
+            k, v = _pair(pair, i)
+            new[k] = share(v, self)
         for k, v in kw.items():
             new[k] = share(v, self)
         self.data.update(new)
@@ -364,6 +408,37 @@ class SList(Shared):
         if kw or len(args) > 1:
             raise TypeError("list expected at most 1 argument")
         return cls(server, _items(args[0]) if args else ())
+
+    # Compared (and ordered) by content, as the list it stands for: see SDict.
+    __hash__ = Shared.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SList):
+            return self.data == other.data
+        if type(other) is list:
+            return self.data == other
+        return NotImplemented
+
+    def _other(self, other: object) -> Any:
+        if isinstance(other, SList):
+            return other.data
+        return other if type(other) is list else None
+
+    def __lt__(self, other: object) -> bool:
+        o = self._other(other)
+        return NotImplemented if o is None else self.data < o
+
+    def __le__(self, other: object) -> bool:
+        o = self._other(other)
+        return NotImplemented if o is None else self.data <= o
+
+    def __gt__(self, other: object) -> bool:
+        o = self._other(other)
+        return NotImplemented if o is None else self.data > o
+
+    def __ge__(self, other: object) -> bool:
+        o = self._other(other)
+        return NotImplemented if o is None else self.data >= o
 
     def size(self) -> int:
         return len(self.data)
@@ -438,8 +513,17 @@ class SList(Shared):
         return self.data.count(value)
 
     @op("sort", write=True)
-    def sort(self, reverse: bool = False) -> None:
-        self.data.sort(reverse=bool(reverse))
+    def sort(self, reverse: bool = False) -> bool:
+        """Sort; True, leaving the list as it was, when it holds values only their client can
+        order (pickled ones, which the server never unpickles): the client sorts then."""
+        try:
+            new = sorted(self.data, reverse=bool(reverse))
+        except TypeError:
+            if _has_opaque(self.data):
+                return True
+            raise
+        self.data[:] = new
+        return False
 
     @op("reverse", write=True)
     def reverse(self) -> None:
@@ -453,14 +537,6 @@ class SList(Shared):
     def copy(self) -> Plain:
         return Plain(self)
 
-    @op("replace_if", write=True)
-    def replace_if(self, expected: list[Any], new: list[Any]) -> bool:
-        """Replace the whole content when it still equals ``expected`` (sort with a key)."""
-        if self.data != expected:
-            return False
-        share = self.server.share
-        self.data[:] = [share(v, self) for v in new]
-        return True
 
 
 class SIterator(Shared):

@@ -180,6 +180,20 @@ _local_locks: dict[tuple[Any, int], threading.RLock] = {}
 _local_locks_guard = threading.Lock()
 
 
+def _wire_iterable(x: Any, proxy: BaseProxy, keys: bool = True) -> Any:
+    """An iterable argument of a bulk call as the server takes it: a list, tuple or dict as
+    they are, a shared container of the same server by reference, anything else (a subclass,
+    a generator, another server's proxy) as a plain list, or dict when ``keys`` and it has
+    keys."""
+    if type(x) in (list, tuple) or (keys and type(x) is dict):
+        return x
+    if isinstance(x, (ListProxy, DictProxy)) and x._address == proxy._address:
+        return x
+    if keys and hasattr(x, "keys"):
+        return dict(x)
+    return list(x)
+
+
 class ObjectLockContext:
     """What ``proxy.locked()`` returns; see there."""
 
@@ -268,8 +282,7 @@ class DictProxy(BaseProxy, MutableMapping[Any, Any]):
         return self._call("setdefault", key, default)
 
     def update(self, other: Any = (), /, **kw: Any) -> None:  # type: ignore[override]
-        if not isinstance(other, (dict, DictProxy, list, tuple)):
-            other = dict(other) if hasattr(other, "keys") else list(other)
+        other = _wire_iterable(other, self)
         if kw:
             self._callmethod("update", [other], kw)
         else:
@@ -320,8 +333,8 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
         return self._call("__getitem__", index)
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        if isinstance(index, slice) and not isinstance(value, (list, tuple, ListProxy)):
-            value = list(value)
+        if isinstance(index, slice):
+            value = _wire_iterable(value, self, keys=False)
         self._call("__setitem__", index, value)
 
     def __delitem__(self, index: Any) -> None:
@@ -346,9 +359,7 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
         self._call("append", value)
 
     def extend(self, values: Iterable[Any]) -> None:
-        if not isinstance(values, (list, tuple, ListProxy)):
-            values = list(values)
-        self._call("extend", values)
+        self._call("extend", _wire_iterable(values, self, keys=False))
 
     def pop(self, index: int = -1) -> Any:
         return self._call("pop", index)
@@ -369,15 +380,14 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
         self._call("clear")
 
     def sort(self, *, key: Any = None, reverse: bool = False) -> None:
-        """Sort in place. With ``key`` the keys are computed here and the list replaced at once,
-        retried if another client changed it meanwhile (the key function never runs remotely)."""
-        if key is None:
-            self._call("sort", reverse)
+        """Sort in place. The server sorts, unless there is a ``key`` (which never runs
+        remotely) or values only this side can order (pickled ones): then the list is read,
+        sorted here and written back under its per-object lock."""
+        if key is None and not self._call("sort", reverse):
             return
-        while True:
+        with self.locked():
             current = self._call("__getitem__", slice(None))
-            if self._call("replace_if", current, sorted(current, key=key, reverse=reverse)):
-                return
+            self._call("__setitem__", slice(None), sorted(current, key=key, reverse=reverse))
 
     def copy(self) -> list[Any]:
         """A plain, deep, local copy."""
@@ -484,7 +494,7 @@ class ArrayProxy(BaseProxy):
         return self._call("__getitem__", index)
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        if isinstance(index, slice) and not isinstance(value, (list, tuple)):
+        if isinstance(index, slice) and type(value) not in (list, tuple):
             value = list(value)
         self._call("__setitem__", index, value)
 

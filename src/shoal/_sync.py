@@ -57,6 +57,8 @@ def timeout_value(value: Any, negative: str) -> float | None:
         return None
     if type(value) not in (int, float):
         raise TypeError(f"timeout must be a number or None, not {type(value).__name__}")
+    if value != value:
+        raise ValueError("Invalid value NaN (not a number)")
     if value < 0:
         if negative == "now":
             return 0.0
@@ -224,9 +226,9 @@ class SLock(SyncObject):
             if clean and not self.reentrant:
                 self.owner = (None, 0)  # type: ignore[assignment]  # held; anyone may release
             else:
-                # An RLock cannot be handed on (only its owner may release it), so it is freed;
-                # only a holder that died leaves the flag for the next owner.
-                self.died = not clean
+                # An RLock cannot be handed on (only its owner may release it), so it is freed,
+                # and the next owner is told that its holder ended without releasing it.
+                self.died = True
                 self._pass_on()
 
 
@@ -593,6 +595,8 @@ class SQueue(SyncObject):
 
     @op("put")
     def put(self, item: Any, block: bool = True, timeout: Any = None, tid: int = 0) -> Any:
+        if block and self.maxsize > 0:
+            timeout_value(timeout, "error")     # checked even when it need not wait (queue)
         if not self._full():
             self._deliver(item)
             return None
@@ -613,6 +617,8 @@ class SQueue(SyncObject):
 
     @op("get")
     def get(self, block: bool = True, timeout: Any = None, tid: int = 0) -> Any:
+        if block:
+            timeout_value(timeout, "error")     # checked even when it need not wait (queue)
         if self.items:
             item = self.items.popleft()
             self.server.journal_queue(self, put=False)
