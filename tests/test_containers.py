@@ -354,3 +354,72 @@ def test_copy_of_a_big_container_inside_itself_is_not_expanded_again_and_again(
     assert len(got) == 20_001 and got["self"]._id == d._id
     assert time.monotonic() - started < 5       # 511 nested copies would take far longer
     del d["self"]
+
+
+def test_nested_containers_compare_by_content_on_the_server(manager: shoal.SyncManager) -> None:
+    """``in``, ``index``, ``count``, ``remove``, ``cas`` and ``sort`` meet nested dicts and lists
+    as the values they stand for, as in Manager (where they are copies)."""
+    lst = manager.list([[1, 2], {"a": 1}, [0]])
+    assert [1, 2] in lst and {"a": 1} in lst and [9] not in lst
+    assert lst.index([1, 2]) == 0 and lst.count({"a": 1}) == 1
+    lst.remove([0])
+    assert len(lst) == 2
+    rows = manager.list([[3], [1], [2, 0], [2]])
+    rows.sort()
+    assert rows == [[1], [2], [2, 0], [3]]
+    d = manager.dict(row={"a": 1}, tags=[1])
+    assert d.cas("row", {"a": 1}, "new") is True and d["row"] == "new"
+    assert d.cas("tags", [1], "new") is True
+    assert d.cas("missing", [1], "x") is False
+
+
+def test_sort_with_a_key_or_of_pickled_values_sorts_on_this_side(
+        manager: shoal.SyncManager) -> None:
+    import decimal
+    nan = float("nan")
+    lst = manager.list([2, nan, 1])
+    lst.sort(key=lambda x: x)                     # nan != nan: no compare-and-swap loop
+    assert repr(lst[:]) == repr(sorted([2, nan, 1], key=lambda x: x))
+    decs = manager.list([decimal.Decimal(2), decimal.Decimal(1)])
+    decs.sort()                                   # the server never unpickles them
+    assert decs[:] == [decimal.Decimal(1), decimal.Decimal(2)]
+    pairs = manager.list([(decimal.Decimal(2), "b"), (decimal.Decimal(2), "a")])
+    pairs.sort(reverse=True)
+    assert pairs[:] == [(decimal.Decimal(2), "b"), (decimal.Decimal(2), "a")]
+    with pytest.raises(TypeError):
+        manager.list([1, None]).sort()            # still an error where Python has one
+
+
+def test_bulk_arguments_of_any_iterable_kind(manager: shoal.SyncManager) -> None:
+    import collections
+    Point = collections.namedtuple("Point", "x y")
+    other = shoal.Manager()                       # another server's proxies go as plain data
+    try:
+        od, ol = other.dict(a=1), other.list([1, 2])
+        lst = manager.list(Point(1, 2))
+        lst.extend(Point(3, 4))
+        lst[0:1] = Point(0, 0)
+        lst += ol
+        lst.extend(ol)
+        assert lst[:] == [0, 0, 2, 3, 4, 1, 2, 1, 2]
+        d = manager.dict(od)
+        d.update(collections.OrderedDict(b=2))
+        d.update(collections.Counter("cc"))
+        d.update(collections.defaultdict(int, e=5))
+        assert d == {"a": 1, "b": 2, "c": 2, "e": 5}
+        assert manager.list(ol)[:] == [1, 2]
+    finally:
+        other.shutdown()
+
+
+def test_update_and_dict_take_pairs_of_any_kind(manager: shoal.SyncManager) -> None:
+    pairs = manager.list([["a", 1], ["b", 2]])
+    d = manager.dict()
+    d.update(pairs)
+    assert d == {"a": 1, "b": 2} and manager.dict(pairs) == {"a": 1, "b": 2}
+    d.update(["cd"])                             # any iterable of two items is a pair
+    assert d["c"] == "d"
+    with pytest.raises(ValueError, match="element #0 has length 3; 2 is required"):
+        d.update([(1, 2, 3)])
+    with pytest.raises(TypeError, match="element #1 to a sequence"):
+        d.update([(1, 2), 5])

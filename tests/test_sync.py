@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import shoal
+from shoal._loop import Loop
 
 from .helpers import (cas_many, get_forever, hold_locked, in_thread, incr_many, join_all, kill,
                       locked_many, set_event_later, start, timed)
@@ -43,6 +44,16 @@ def _hold(obj: Any, times: int, ready: Any) -> None:
 def _acquire_and_exit(lock: Any, ready: Any) -> None:
     lock.acquire()
     ready.set()                # and return: a normal exit, still holding the lock
+
+
+def _hold_and_fork(lock: Any, ready: Any) -> None:
+    """Acquire ``lock``, fork a child that never touches shoal and outlives us, say so."""
+    lock.acquire()
+    if os.fork() == 0:
+        time.sleep(5)
+        os._exit(0)
+    ready.set()
+    time.sleep(600)
 
 
 def _acquire_forever(lock: Any, ready: Any) -> None:
@@ -835,6 +846,32 @@ def test_killed_getter_does_not_swallow_an_item(m: shoal.SyncManager) -> None:
     assert q.empty()
 
 
+@pytest.mark.timeout(30)
+def test_killed_holder_with_a_forked_child_frees_the_lock(m: shoal.SyncManager) -> None:
+    """The child's copy of the holder's socket must not keep the holder's connection open."""
+    lk = m.Lock()
+    ready = CTX.Event()
+    p = start(_hold_and_fork, lk, ready, ctx=multiprocessing.get_context("fork"))
+    assert ready.wait(10)
+    killed_at = time.monotonic()
+    os.kill(p.pid, signal.SIGKILL)          # not joined first: the child keeps its sentinel
+    assert lk.acquire(timeout=5) is True
+    assert time.monotonic() - killed_at < DEAD_FREE
+    assert lk.owner_died is True
+    lk.release()
+    p.join(10)
+
+
+@pytest.mark.timeout(20)
+def test_rlock_held_at_a_normal_exit_is_freed_with_owner_died(m: shoal.SyncManager) -> None:
+    rl = m.RLock()
+    ready = CTX.Event()
+    join_all([start(_acquire_and_exit, rl, ready)])
+    assert ready.is_set()
+    assert rl.acquire(timeout=1) is True and rl.owner_died is True
+    rl.release()
+
+
 @pytest.mark.timeout(20)
 def test_normal_exit_leaves_the_lock_held(m: shoal.SyncManager) -> None:
     lk = m.Lock()
@@ -1079,3 +1116,53 @@ def test_a_process_ends_in_bounded_time_when_the_server_does_not_answer_its_good
         assert exitcode == 0, "the process did not end while the server was stopped"
         assert took < 6
         lock.release()
+
+
+# -- bad timeouts ---------------------------------------------------------------------------------
+
+@pytest.mark.timeout(20)
+def test_a_nan_timeout_is_refused_and_other_timeouts_still_fire(m: shoal.SyncManager) -> None:
+    lk, ev, q, cond = m.Lock(), m.Event(), m.Queue(), m.Condition()
+    nan = float("nan")
+    assert lk.acquire() is True
+    with cond:
+        for call in (lambda: lk.acquire(timeout=nan), lambda: ev.wait(nan),
+                     lambda: q.get(timeout=nan), lambda: m.Semaphore(0).acquire(timeout=nan),
+                     lambda: cond.wait(nan), lambda: m.Barrier(2).wait(nan)):
+            with pytest.raises(ValueError, match="NaN"):
+                call()
+    got, elapsed = timed(lk.acquire, timeout=0.2)     # the server's timers still run
+    assert got is False
+    assert_honoured(elapsed, 0.2)
+    lk.release()
+
+
+@pytest.mark.timeout(20)
+def test_a_queue_refuses_a_negative_timeout_even_when_it_need_not_wait(
+        m: shoal.SyncManager) -> None:
+    q, bounded = m.Queue(), m.Queue(maxsize=5)
+    q.put(1)
+    with pytest.raises(ValueError, match="non-negative"):
+        q.get(timeout=-1)                         # as queue.Queue: an item is there all the same
+    with pytest.raises(ValueError, match="non-negative"):
+        bounded.put(1, timeout=-1)
+    q.put(2, timeout=-1)                          # unbounded: the timeout is not looked at
+    assert q.get(False) == 1 and q.get(timeout=0) == 2
+
+
+@pytest.mark.timeout(10)
+def test_cancelled_timers_do_not_pile_up() -> None:
+    """A wait with a long timeout answered early (the usual case) cancels its timer: the loop
+    must not keep the timers until they are due."""
+    loop = Loop()
+    try:
+        fired: list[int] = []
+        keep = loop.call_later(0, lambda: fired.append(1))
+        for _ in range(10_000):
+            loop.call_later(1e9, lambda: fired.append(2)).cancel()
+        assert len(loop._timers) < 600
+        loop.call_soon_threadsafe(loop.stop)
+        loop.run()
+        assert fired == [1] and keep.callback is None
+    finally:
+        loop.close()
