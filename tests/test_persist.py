@@ -490,3 +490,21 @@ def test_a_failing_disk_never_loses_a_write_silently(tmp_path: pathlib.Path, kin
         kept = dict(m.root)
     for i in acknowledged:
         assert kept.get(i) == i                      # every acknowledged write is there
+
+
+@pytest.mark.timeout(60)
+def test_an_item_given_back_by_a_getter_that_gave_up_survives_in_its_place(
+        tmp_path: pathlib.Path) -> None:
+    with server_in_thread(tmp_path, fsync="always") as m:
+        q = m.Queue()
+        m.root["q"] = q
+        for item in ("first", "second"):
+            q.put(item)
+        conn = q._conn
+        rid = conn._request(q._id, "get", [True, None, 1], None)
+        time.sleep(0.2)                          # it ran; its caller gives up before reading
+        conn._abandon(rid, q._id, lambda item: ("_unget", [item]))
+        assert q.qsize() in (1, 2) and q.qsize() == 2    # the late reply gave it back
+    with server_in_thread(tmp_path) as m:
+        q = m.root["q"]
+        assert [q.get_nowait() for _ in range(q.qsize())] == ["first", "second"]

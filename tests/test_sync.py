@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -1166,3 +1167,76 @@ def test_cancelled_timers_do_not_pile_up() -> None:
         assert fired == [1] and keep.callback is None
     finally:
         loop.close()
+
+
+# -- a wait interrupted by an exception (a signal handler's, Ctrl-C) -------------------------------
+
+class _Alarm(Exception):
+    pass
+
+
+def _raise_alarm(*_: Any) -> None:
+    raise _Alarm()
+
+
+@contextmanager
+def _interrupted_after(seconds: float) -> Iterator[None]:
+    """Raise _Alarm in this (the main) thread after ``seconds``; expect it in the block."""
+    old = signal.signal(signal.SIGALRM, _raise_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        with pytest.raises(_Alarm):
+            yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.timeout(30)
+def test_an_interrupted_acquire_does_not_take_the_lock_later(m: shoal.SyncManager) -> None:
+    lk, sem, release = m.Lock(), m.Semaphore(0), threading.Event()
+    t, _ = in_thread(lambda: (lk.acquire(), release.wait(10), lk.release()))
+    while not lk.locked():                   # another thread of this process holds it
+        time.sleep(0.01)
+    with _interrupted_after(0.2):
+        lk.acquire()
+    with _interrupted_after(0.2):
+        sem.acquire()
+    release.set()
+    t.join(5)
+    assert lk.acquire(timeout=2) is True     # the interrupted request was dropped
+    lk.release()
+    sem.release()
+    assert sem.acquire(timeout=2) is True
+
+
+@pytest.mark.timeout(30)
+def test_an_interrupted_get_does_not_swallow_the_next_item(m: shoal.SyncManager) -> None:
+    q, full = m.Queue(), m.Queue(maxsize=1)
+    with _interrupted_after(0.2):
+        q.get()
+    q.put("item")
+    assert q.get(timeout=2) == "item"
+    full.put(1)
+    with _interrupted_after(0.2):
+        full.put(2)                          # waits for room; dropped when interrupted
+    assert full.get(timeout=2) == 1 and full.qsize() == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_call_that_ran_before_its_caller_gave_up_is_undone(m: shoal.SyncManager) -> None:
+    """The interruption may come after the server answered but before the reply was read: the
+    late reply then gives back what the call got (the lock released, the item put back first)."""
+    lk, q = m.Lock(), m.Queue()
+    q.put("first")
+    q.put("second")
+    conn = lk._conn
+    for proxy, name, args, undo in (
+            (lk, "acquire", [True, -1, 1], lambda got: ("release", [1]) if got else None),
+            (q, "get", [True, None, 1], lambda item: ("_unget", [item]))):
+        rid = conn._request(proxy._id, name, args, None)
+        time.sleep(0.2)                      # it ran: its reply waits in the socket, unread
+        conn._abandon(rid, proxy._id, undo)
+    assert lk.locked() in (True, False)      # reads the late replies, which settle them
+    assert lk.locked() is False
+    assert [q.get(timeout=1), q.get(timeout=1)] == ["first", "second"]

@@ -85,6 +85,8 @@ class Connection:
         self._read_lock = threading.Lock()    # held by the thread reading replies
         self._waiting = 0                      # threads waiting for a reply or the role
         self._replies: dict[int, bytes] = {}
+        # requests whose caller gave up waiting -> what undoes them if they ran (call_may_wait)
+        self._abandoned: dict[int, tuple[int, Callable[[Any], Any]]] = {}
         self._rbuf = bytearray()
         self._refs: dict[int, list[int]] = {}   # oid -> [live proxies, receipts]
         self._refs_lock = threading.Lock()
@@ -242,8 +244,8 @@ class Connection:
         with self._send_lock:
             self._notes.append([oid, name, args])
 
-    def call(self, oid: int, name: str, args: Any = (), kwargs: dict[str, Any] | None = None) -> Any:
-        """Call ``name`` on object ``oid`` in the server; return its result or raise its error."""
+    def _request(self, oid: int, name: str, args: Any, kwargs: dict[str, Any] | None) -> int:
+        """Send a call; its request id."""
         if self.closed:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
         rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
@@ -256,6 +258,60 @@ class Connection:
                 raise ValueError(f"this call's arguments encode to {len(body)} bytes, over the "
                                  f"limit of {P.MAX_FRAME} bytes per call; split the value")
             self._write(HEADER.pack(len(body), rid) + body)
+        return rid
+
+    def call_may_wait(self, oid: int, name: str, args: Any,
+                      undo: Callable[[Any], tuple[str, list[Any]] | None]) -> Any:
+        """``call`` for a request that may wait in the server (an acquire, a get). When an
+        exception interrupts the wait (Ctrl-C, a signal handler's), the server is asked to drop
+        the request; if it ran all the same, ``undo(result)`` names a call sent without waiting
+        that gives back what it got (a release, the item)."""
+        rid = self._request(oid, name, args, None)
+        try:
+            body = self._read_until(rid) if self._read_lock.acquire(False) else self._wait(rid)
+        except BaseException:
+            self._abandon(rid, oid, undo)
+            raise
+        return self._decode_reply(body)
+
+    def _abandon(self, rid: int, oid: int, undo: Callable[[Any], Any]) -> None:
+        if self.closed:
+            return                           # the server drops what a gone client waited for
+        with self._cond:
+            body = self._replies.pop(rid, None)
+            if body is None:
+                self._abandoned[rid] = (oid, undo)
+        if body is not None:                 # it ran: its reply came meanwhile
+            self._settle(body, oid, undo)
+            return
+        try:
+            self.send(0, "cancel", [rid])
+        except Exception:
+            pass
+
+    def _settle(self, body: bytes, oid: int, undo: Callable[[Any], Any]) -> None:
+        """The reply to a request whose caller gave up: undo what it did, if it ran."""
+        try:
+            status, value = self._codec.decode(body)
+            then = undo(value) if status == P.REPLY_OK else None
+            if then is not None:
+                self.send(oid, *then)
+        except Exception:
+            pass
+
+    def _file(self, rid: int, body: bytes) -> None:
+        """The reader read another thread's reply: hand it over (or settle an abandoned one)."""
+        with self._cond:
+            gave_up = self._abandoned.pop(rid, None) if self._abandoned else None
+            if gave_up is None:
+                self._replies[rid] = body
+                self._cond.notify_all()
+                return
+        self._settle(body, *gave_up)
+
+    def call(self, oid: int, name: str, args: Any = (), kwargs: dict[str, Any] | None = None) -> Any:
+        """Call ``name`` on object ``oid`` in the server; return its result or raise its error."""
+        rid = self._request(oid, name, args, kwargs)
         if self._read_lock.acquire(False):
             # Fast path: nobody else is reading, and the usual next chunk is exactly our reply.
             if not self._rbuf and not self._replies:
@@ -328,9 +384,7 @@ class Connection:
                     if got == rid:
                         body = data
                     else:
-                        with self._cond:
-                            replies[got] = data
-                            self._cond.notify_all()
+                        self._file(got, data)
                 out.append(_NONE if body == _NONE_BODY else body)
         finally:
             self._read_lock.release()
@@ -385,9 +439,7 @@ class Connection:
                 if got == rid:
                     body = data
                 else:
-                    with self._cond:
-                        self._replies[got] = data
-                        self._cond.notify_all()
+                    self._file(got, data)
             return body
         finally:
             self._read_lock.release()

@@ -120,6 +120,17 @@ class Shared:
         if g.count <= 0:
             self.server.unguard(self)
 
+    def cancel(self, conn: Any, rid: int) -> bool:
+        """Drop ``conn``'s request ``rid`` if it waits here (see ServerOps.cancel)."""
+        g = self.guard
+        if g is not None:
+            for entry in g.queue:
+                if entry[0] is conn and entry[1] == rid:
+                    g.queue.remove(entry)
+                    conn.reply_error(rid, RuntimeError("cancelled"))
+                    return True
+        return False
+
     def client_gone(self, conn: Any, clean: bool) -> None:
         g = self.guard
         if g is None:

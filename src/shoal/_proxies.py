@@ -8,7 +8,7 @@ copies; ``repr``/``==`` work on such a copy, as on the local type.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSequence
 from multiprocessing import process
 from multiprocessing.context import get_spawning_popen
 from typing import Any, NamedTuple
@@ -124,12 +124,19 @@ class BaseProxy:
             conn = self._reconnect()
         return conn.call(self._id, name, args)
 
-    def _call_may_wait(self, name: str, *args: Any) -> Any:
+    def _call_may_wait(self, name: str, *args: Any,
+                       undo: Callable[[Any], tuple[str, list[Any]] | None] | None = None) -> Any:
         """``_call`` for a call that may wait in the server (for a lock, an item, a signal):
         what this process dropped is released with it, not with its next call, which may
-        come much later."""
-        self._conn.release_dropped()
-        return self._call(name, *args)
+        come much later. With ``undo``, an exception that interrupts the wait cancels the
+        call in the server, or undoes it if it ran (``Connection.call_may_wait``)."""
+        conn = self._conn
+        if conn.closed:
+            conn = self._reconnect()
+        conn.release_dropped()
+        if undo is None:
+            return conn.call(self._id, name, args)
+        return conn.call_may_wait(self._id, name, args, undo)
 
     def _callmethod(self, methodname: str, args: Iterable[Any] = (),
                     kwds: dict[str, Any] | None = None) -> Any:
@@ -194,6 +201,10 @@ def _wire_iterable(x: Any, proxy: BaseProxy, keys: bool = True) -> Any:
     return list(x)
 
 
+def _release_object_lock(_: Any) -> tuple[str, list[Any]]:
+    return "_lock_release", []
+
+
 class ObjectLockContext:
     """What ``proxy.locked()`` returns; see there."""
 
@@ -211,7 +222,8 @@ class ObjectLockContext:
     def __enter__(self) -> ObjectLockContext:
         self._local.acquire()
         try:
-            self.owner_died = self._proxy._call("_lock_acquire") == OWNER_DIED
+            self.owner_died = self._proxy._call_may_wait(
+                "_lock_acquire", undo=_release_object_lock) == OWNER_DIED
             self._conn = self._proxy._conn      # the connection that holds it
         except BaseException:
             self._local.release()

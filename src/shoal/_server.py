@@ -780,11 +780,13 @@ class Server:
         if store.wants_compaction():
             self.compact()
 
-    def journal_queue(self, queue: Shared, item: Any = None, put: bool = True) -> None:
-        """Record an item entering (``put``) or leaving a queue."""
+    def journal_queue(self, queue: Shared, item: Any = None, put: bool = True,
+                      front: bool = False) -> None:
+        """Record an item entering (``put``; at the ``front``: given back) or leaving a
+        queue."""
         if self.store is not None:
             self.store.append(self.journal_codec.encode(
-                [1, queue.oid, item] if put else [2, queue.oid]))
+                [3 if front else 1, queue.oid, item] if put else [2, queue.oid]))
 
     # -- persistence: snapshot and restore -------------------------------------------------------
 
@@ -961,6 +963,8 @@ class Server:
                     if q is not None:
                         if kind == 1:
                             q.items.append(rec[2])  # type: ignore[attr-defined]
+                        elif kind == 3:
+                            q.items.appendleft(rec[2])  # type: ignore[attr-defined]
                         elif q.items:  # type: ignore[attr-defined]
                             q.items.popleft()  # type: ignore[attr-defined]
                 replayed += 1
@@ -1299,6 +1303,18 @@ class ServerOps(Shared):
     @op("release")
     def release(self, oid: int, n: int) -> None:
         self.server.current.unref(oid, n)  # type: ignore[union-attr]
+
+    @op("cancel")
+    def cancel(self, rid: int) -> None:
+        """The client gave up waiting for request ``rid`` (an exception interrupted it): if it
+        is still parked (an acquire, a get, a bounded put, a per-object lock), it is dropped
+        and answered with an error the client ignores. One that already ran is undone by the
+        client (it releases what it got, or gives the item back)."""
+        conn = self.server.current
+        assert conn is not None
+        for obj in list(conn.involved):
+            if obj.cancel(conn, rid):
+                return
 
     @op("hold")
     def hold(self, oid: int) -> None:

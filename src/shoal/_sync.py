@@ -95,6 +95,22 @@ class SyncObject(Shared):
         normally (``clean``), in which case what it held stays held, ownerless, as with
         threading."""
 
+    #: the waiter queues a client may leave by cancelling (ServerOps.cancel): waits whose
+    #: abandoning leaves nothing half done (not a Condition's or a Barrier's)
+    CANCELLABLE: tuple[str, ...] = ()
+
+    def cancel(self, conn: Conn, rid: int) -> bool:
+        if Shared.cancel(self, conn, rid):
+            return True
+        for name in self.CANCELLABLE:
+            waiters = getattr(self, name)
+            for w in waiters:
+                if w.conn is conn and w.rid == rid:
+                    waiters.remove(w)
+                    w.fail(RuntimeError("cancelled"))
+                    return True
+        return False
+
     @staticmethod
     def drop_waiters(waiters: deque[Waiter], conn: Conn) -> None:
         for w in [w for w in waiters if w.conn is conn]:
@@ -107,6 +123,7 @@ class SLock(SyncObject):
     """A lock owned by (connection, thread); ``SRLock`` is its re-entrant kind."""
 
     __slots__ = ("owner", "count", "waiters", "died", "since")
+    CANCELLABLE = ("waiters",)
     typeid = "Lock"
     reentrant = False
 
@@ -241,6 +258,7 @@ class SRLock(SLock):
 class SSemaphore(SyncObject):
     __slots__ = ("value", "initial", "waiters", "holders")
     typeid = "Semaphore"
+    CANCELLABLE = ("waiters",)
     bounded = False
 
     def __init__(self, server: Server, value: int = 1) -> None:
@@ -551,6 +569,7 @@ class SQueue(SyncObject):
     """queue.Queue. Items are values (a dict put in is a dict got out, never made shared)."""
 
     __slots__ = ("items", "maxsize", "getters", "putters", "unfinished", "joiners")
+    CANCELLABLE = ("getters", "putters")
     typeid = "Queue"
     joinable = False
 
@@ -635,6 +654,16 @@ class SQueue(SyncObject):
     @op("get_nowait")
     def get_nowait(self) -> Any:
         return self.get(False)
+
+    @op("_unget")
+    def unget(self, item: Any) -> None:
+        """Give back an item whose getter had given up (ServerOps.cancel came too late): it is
+        the next one got, as if never taken."""
+        if self.getters:
+            self.getters.popleft().answer(item)
+        else:
+            self.items.appendleft(item)
+            self.server.journal_queue(self, item, front=True)
 
     @op("qsize")
     def qsize(self) -> int:

@@ -32,8 +32,9 @@ class AcquirerProxy(BaseProxy):
     owner_died = False
 
     def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
-        r = self._call_may_wait("acquire", blocking, -1 if timeout is None else timeout,
-                                get_ident())
+        tid = get_ident()
+        r = self._call_may_wait("acquire", blocking, -1 if timeout is None else timeout, tid,
+                                undo=lambda got: ("release", [tid]) if got else None)
         if r == OWNER_DIED:
             self.owner_died = True
             return True
@@ -100,7 +101,8 @@ class SemaphoreProxy(BaseProxy):
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         return self._call_may_wait(  # type: ignore[no-any-return]
-            "acquire", blocking, timeout, get_ident())
+            "acquire", blocking, timeout, get_ident(),
+            undo=lambda got: ("release", [1]) if got else None)
 
     def release(self, n: int = 1) -> None:
         self._call("release", n)
@@ -198,6 +200,11 @@ class BarrierProxy(BaseProxy):
         return self._call("_state")[2]  # type: ignore[no-any-return]
 
 
+def _put_stands(_: Any) -> None:
+    """A put whose caller gave up is dropped while it waits; one that ran stands."""
+    return None
+
+
 class QueueProxy(BaseProxy):
     """A shared ``queue.Queue`` (``JoinableQueue`` adds ``task_done`` and ``join``)."""
 
@@ -209,7 +216,7 @@ class QueueProxy(BaseProxy):
             # any later call of this process. (An item that cannot be encoded raises here.)
             conn.send(self._id, "put_nowait", [item])
         else:
-            self._call_may_wait("put", item, block, timeout, get_ident())
+            self._call_may_wait("put", item, block, timeout, get_ident(), undo=_put_stands)
 
     def _puts_cannot_fail(self, conn: Any) -> bool:
         known = conn.puts_cannot_fail
@@ -219,7 +226,8 @@ class QueueProxy(BaseProxy):
         return answer
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        return self._call_may_wait("get", block, timeout, get_ident())
+        return self._call_may_wait("get", block, timeout, get_ident(),
+                                   undo=lambda item: ("_unget", [item]))
 
     def put_nowait(self, item: Any) -> None:
         self._call("put_nowait", item)
