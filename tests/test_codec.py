@@ -120,3 +120,19 @@ def test_references_encode_the_same_past_the_cache() -> None:
     for _ in range(2):
         got = codec.decode(codec.encode([objs, (objs[0], objs[-1])]))
         assert got == [[(o.oid, o.typeid) for o in objs], ((0, "list"), (9_999, "dict"))]
+
+
+def test_strings_that_are_not_valid_unicode_travel_pickled() -> None:
+    """A str with lone surrogates (os.listdir's undecodable names) cannot be UTF-8: it travels
+    pickled, wherever it is, and comes back equal; the server holds its bytes."""
+    client, server = Codec(), Codec(from_opaque=Opaque)
+    bad = "caf\udce9"
+    value = {bad: [bad, (bad, "ok")], "ok": {bad}}
+    data = client.encode(value)
+    assert client.decode(data) == value
+    held = server.decode(data)
+    assert isinstance(next(iter(held)), Opaque) and held["ok"] == {Opaque(pickle.dumps(bad, 5))}
+    assert client.decode(server.encode(held)) == value
+    assert client.encode("fine") == msgpack.packb("fine")    # valid strings as before
+    with pytest.raises(UnicodeEncodeError):
+        Codec(pickle_unknown=False).encode(bad)             # built-in types only: refused

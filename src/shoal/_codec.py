@@ -63,6 +63,30 @@ class Opaque:
         return f"<opaque value, {len(self.data)} bytes>"
 
 
+class _BadStr(str):
+    """A str that UTF-8 cannot encode, marked to travel pickled."""
+
+    __slots__ = ()
+
+
+def _mark_bad_strs(obj: Any) -> Any:
+    """``obj`` with each str that UTF-8 cannot encode (at any depth) made a ``_BadStr``."""
+    t = type(obj)
+    if t is str:
+        try:
+            obj.encode()
+        except UnicodeEncodeError:
+            return _BadStr(obj)
+        return obj
+    if t is list:
+        return [_mark_bad_strs(x) for x in obj]
+    if t is dict:
+        return {_mark_bad_strs(k): _mark_bad_strs(v) for k, v in obj.items()}
+    if t in (tuple, set, frozenset):
+        return t(_mark_bad_strs(x) for x in obj)
+    return obj
+
+
 def _no_refs(obj: Any) -> tuple[int, str] | None:
     return None
 
@@ -104,6 +128,17 @@ class Codec:
         """Encode one value. Not thread-safe: the caller serialises use of one Codec."""
         try:
             return self._packer.pack(obj)  # type: ignore[no-any-return]
+        except UnicodeEncodeError:
+            self._packer.reset()
+            if not self._pickle_unknown:
+                raise
+            # A str that is not valid Unicode (lone surrogates, as os.listdir gives for names
+            # it cannot decode) cannot travel as msgpack's UTF-8: such strs go pickled.
+            try:
+                return self._packer.pack(_mark_bad_strs(obj))  # type: ignore[no-any-return]
+            except BaseException:
+                self._packer.reset()
+                raise
         except BaseException:
             self._packer.reset()
             raise
@@ -126,6 +161,8 @@ class Codec:
             return _ext(BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big", signed=True))
         if t is Opaque:
             return _ext(OPAQUE, obj.data)
+        if t is _BadStr:
+            return _ext(OPAQUE, pickle.dumps(str(obj), protocol=5))
         if t is slice:
             return _ext(SLICE, self._packb([obj.start, obj.stop, obj.step]))
         ref = self._ref_of(obj)
