@@ -104,3 +104,13 @@ def hold_locked(d: Any, ready: Any, seconds: float) -> None:
 def set_event_later(e: Any, delay: float) -> None:
     time.sleep(delay)
     e.set()
+
+
+def put_then_write(q: Any, d: Any, ready: Any, go: Any) -> None:
+    """Put into ``q`` (an unbounded queue: sent without waiting), then write ``d``."""
+    q.put("warm-up")                     # (a forked child reconnects on this one)
+    q.put("warm-up")                     # the process asks once whether its puts may go blind
+    ready.set()
+    go.wait(10)
+    q.put("item")
+    d["after_put"] = True

@@ -25,7 +25,7 @@ import shoal
 from shoal._loop import Loop
 
 from .helpers import (cas_many, get_forever, hold_locked, in_thread, incr_many, join_all, kill,
-                      locked_many, set_event_later, start, timed)
+                      locked_many, put_then_write, set_event_later, start, timed)
 
 LATE = 0.05          # s: how late a timeout or a wake-up may be
 DEAD_FREE = 1.0      # s: how soon what a killed process held must be free again
@@ -1240,3 +1240,20 @@ def test_a_call_that_ran_before_its_caller_gave_up_is_undone(m: shoal.SyncManage
     assert lk.locked() in (True, False)      # reads the late replies, which settle them
     assert lk.locked() is False
     assert [q.get(timeout=1), q.get(timeout=1)] == ["first", "second"]
+
+
+@pytest.mark.timeout(30)
+def test_a_put_sent_without_waiting_waits_for_the_queues_per_object_lock(
+        m: shoal.SyncManager) -> None:
+    """Another process's put into an unbounded queue goes without a reply; inside
+    ``q.locked()`` it must still wait, and that process's later calls wait behind it."""
+    q, d, ready, go = m.Queue(), m.dict(), m.Event(), m.Event()
+    p = start(put_then_write, q, d, ready, go)
+    assert ready.wait(10)
+    assert [q.get(timeout=5), q.get(timeout=5)] == ["warm-up", "warm-up"]
+    with q.locked():
+        go.set()
+        time.sleep(0.5)                       # the put and the write were sent meanwhile
+        assert q.qsize() == 0 and "after_put" not in d
+    join_all([p])
+    assert q.get(timeout=5) == "item" and d["after_put"] is True

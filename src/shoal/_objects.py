@@ -125,7 +125,7 @@ class Shared:
         g = self.guard
         if g is not None:
             for entry in g.queue:
-                if entry[0] is conn and entry[1] == rid:
+                if rid and entry[0] is conn and entry[1] == rid:
                     g.queue.remove(entry)
                     conn.reply_error(rid, RuntimeError("cancelled"))
                     return True

@@ -125,6 +125,9 @@ class Conn:
         self.clean = False        # the client said goodbye: it ended normally
         self.dirty = False
         self.paused = False       # its replies are over the limit: not read until they are out
+        # A request it sent without waiting for the reply waits for a per-object lock: its
+        # next requests wait behind it (not read, its socket out of the loop) until it ran.
+        self.held_back = False
         self.active = False       # it sent something since the server last looked
         self.parked = 0           # its requests whose reply comes later (a blocked acquire...)
         self.events = READ
@@ -168,7 +171,19 @@ class Conn:
     def _want(self, events: int) -> None:
         if events != self.events:
             self.events = events
-            self.server.loop.modify(self.fd, events)
+            if not self.held_back:
+                self.server.loop.modify(self.fd, events)
+
+    def hold_back(self) -> None:
+        """Read nothing more from this client until ``resume`` (see ``held_back``)."""
+        self.held_back = True
+        self.server.loop.remove(self.fd)
+
+    def resume(self) -> None:
+        if self.closed or self.held_back:
+            return
+        self.server.loop.add(self.fd, self.events, self.on_event)
+        self._run(b"")
 
     def __repr__(self) -> str:
         return f"<connection fd={self.fd} pid={self.pid}>"
@@ -303,6 +318,8 @@ class Conn:
             pos = end
             if self.closed:
                 return
+            if self.held_back:
+                break
             if len(out) != count:
                 count = len(out)
                 size += len(out[-1])
@@ -636,7 +653,14 @@ class Server:
         self.guarded.discard(obj)
         waiting, g.queue = g.queue, deque()
         for conn, rid, body in waiting:
-            conn.parked -= 1
+            if rid:
+                conn.parked -= 1
+            elif not conn.closed:
+                conn.held_back = False
+                self.handle(conn, rid, body)
+                if not conn.held_back:   # the requests behind it run after these
+                    self.loop.call_soon_threadsafe(conn.resume)
+                continue
             if not conn.closed:
                 self.handle(conn, rid, body)
                 if conn.out:
@@ -667,14 +691,19 @@ class Server:
             if obj is None:
                 raise ReferenceError(f"shared object #{oid} no longer exists: it was freed when "
                                      f"the last container and proxy referring to it let go")
-            if self.guarded and rid:
+            if self.guarded and (rid or name != "release"):
+                # (A release sent without waiting passes: holding it back could leave a
+                # lock held that its holder has let go.)
                 holder = self.blocker(obj, conn)
                 if holder is None and name == "_lock_acquire":
                     holder = self.inner_blocker(obj, conn)
                 if holder is not None:   # another client holds a per-object lock over obj
                     holder.guard.queue.append((conn, rid, body))  # type: ignore[union-attr]
-                    conn.parked += 1
                     conn.involved.add(holder)
+                    if rid:
+                        conn.parked += 1
+                    else:                # no reply to wait for: its next requests wait
+                        conn.hold_back()
                     return
             self.current, self.current_rid = conn, rid
             fn = type(obj).OPS.get(name)
