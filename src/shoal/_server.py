@@ -1301,20 +1301,6 @@ def _ref_of_shared(obj: Any) -> tuple[int, str] | None:
     return (obj.oid, obj.typeid) if isinstance(obj, Shared) else None
 
 
-def refs_in(value: Any) -> Iterator[Shared]:
-    """The shared objects referred to inside a value (plain containers looked through)."""
-    t = type(value)
-    if isinstance(value, Shared):
-        yield value
-    elif t is dict:
-        for k, v in value.items():
-            yield from refs_in(k)
-            yield from refs_in(v)
-    elif t in (list, tuple, set, frozenset) or isinstance(value, deque):
-        for v in value:
-            yield from refs_in(v)
-
-
 class ServerOps(Shared):
     """Object 0: the server's own operations."""
 
