@@ -205,7 +205,7 @@ class Raw:
             hello = _recv_exact(self.sock, P.HELLO_SIZE)
             proof, cn = P.client_proof(KEY, hello)
             self.sock.sendall(proof)
-            P.check_server(KEY, hello, cn, _recv_exact(self.sock, 33))
+            P.check_server(KEY, hello, cn, _recv_exact(self.sock, P.ANSWER_SIZE))
         except BaseException:
             self.sock.close()
             raise
@@ -335,7 +335,7 @@ def test_a_recorded_proof_or_answer_is_refused_on_another_connection(served: Ser
         hello = _recv_exact(first, P.HELLO_SIZE)
         proof, cn = P.client_proof(KEY, hello)
         first.sendall(proof)
-        answer = _recv_exact(first, 33)
+        answer = _recv_exact(first, P.ANSWER_SIZE)
         P.check_server(KEY, hello, cn, answer)
     for replayed in (proof, cn + answer[1:]):
         with _connect(served) as sock:

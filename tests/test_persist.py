@@ -202,7 +202,7 @@ def test_the_server_answers_while_a_snapshot_is_written(tmp_path: pathlib.Path,
         m.root["after"] = "it"
         assert persistence(m)["snapshots"] == 1
     files = sorted(os.listdir(tmp_path))
-    assert files == ["LOCK", "journal.1", "snapshot"]
+    assert files == ["ID", "LOCK", "journal.1", "snapshot"]
     with server_in_thread(tmp_path) as m:
         assert len(m.root) == 300_003
         assert (m.root[299_999], m.root["during"], m.root["after"]) == (299_999, "the snapshot", "it")
@@ -223,7 +223,7 @@ def test_an_unfinished_snapshot_loses_nothing(tmp_path: pathlib.Path, end: str,
         _stop_while_writing(child)
         m.root["before"].append(3)                # in the new journal
         names = set(os.listdir(data)) - {"snapshot.1.tmp"}
-        assert names == {"LOCK", "journal.0", "journal.1"}
+        assert names == {"ID", "LOCK", "journal.0", "journal.1"}
         if end == "server crashed":
             shutil.copytree(data, tmp_path / "crashed")
             data = tmp_path / "crashed"
@@ -233,7 +233,7 @@ def test_an_unfinished_snapshot_loses_nothing(tmp_path: pathlib.Path, end: str,
             os.kill(child, signal.SIGCONT)
             while persistence(m)["compacting"]:  # the server finds its child dead
                 time.sleep(0.01)
-            assert sorted(os.listdir(data)) == ["LOCK", "journal.0", "journal.1"]
+            assert sorted(os.listdir(data)) == ["ID", "LOCK", "journal.0", "journal.1"]
             m.root["later"] = True
     with server_in_thread(data) as m:
         assert m.root["before"] == [1, 2, 3] and len(m.root) == 300_002 + (end == "child killed")
@@ -252,7 +252,7 @@ def test_a_snapshot_that_cannot_start_leaves_the_journals(tmp_path: pathlib.Path
         monkeypatch.setattr(_persist, "COMPACT_FLOOR", 1000)
         m.root["a"] = 1                           # would compact: the fork fails, logged
         assert not persistence(m)["compacting"] and persistence(m)["snapshots"] == 0
-        assert sorted(os.listdir(tmp_path)) == ["LOCK", "journal.0", "journal.1"]
+        assert sorted(os.listdir(tmp_path)) == ["ID", "LOCK", "journal.0", "journal.1"]
         shutil.copytree(tmp_path, tmp_path.parent / "then")
         monkeypatch.undo()
         monkeypatch.setattr(_persist, "COMPACT_FLOOR", 100)

@@ -22,6 +22,7 @@ import itertools
 import os
 import pickle
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -66,11 +67,12 @@ class Connection:
         self.pid = os.getpid()
         sock = connect(address, tls=tls)
         try:
-            handshake(sock, self.authkey)
+            self.instance = handshake(sock, self.authkey)   # the id of the server's objects
             sock.settimeout(None)
         except BaseException:
             sock.close()
             raise
+        self.proxy_attrs["_instance"] = self.instance
         self.sock = sock
         self.proxy_types = proxy_types   # a manager may give its own mapping
         # serializer="xmlrpclib" (multiprocessing's other choice): built-in values only, tuples
@@ -317,8 +319,10 @@ class Connection:
             if not self._rbuf and not self._replies:
                 try:
                     chunk = self.sock.recv(65536)
-                except BaseException:
+                except BaseException as e:
                     self._read_lock.release()
+                    if isinstance(e, OSError):
+                        self._broken(e)          # a reset: ConnectionLost, as on other paths
                     raise
                 if len(chunk) >= 8:
                     length, got = HEADER.unpack_from(chunk)
@@ -529,6 +533,20 @@ class Connection:
             # on the stack alive (and held in the server) until the cyclic GC runs.
             del exc, value
 
+    def alive(self) -> bool:
+        """False when the server has closed its end (a look at the socket, nothing read)."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            return True                      # cannot peek through TLS; the first call tells
+        try:
+            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True                      # open, nothing to read
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+        return bool(data)
+
     def close(self) -> None:
         self.closed = True
         try:
@@ -552,14 +570,16 @@ _connections_lock = threading.Lock()
 
 
 def get_connection(address: Address, authkey: bytes, serializer: str = "pickle",
-                   tls: Any = None) -> Connection:
-    """This process's connection to ``address`` (made on first use)."""
+                   tls: Any = None, check: bool = False) -> Connection:
+    """This process's connection to ``address`` (made on first use). ``check``: first make
+    sure a kept one was not closed by its server (one restarted meanwhile), as a program
+    that connects expects a working connection."""
     if serializer not in ("pickle", "xmlrpclib"):
         raise ValueError(f"serializer must be 'pickle' or 'xmlrpclib', not {serializer!r}")
     key = (address, bytes(authkey), serializer,
            tls if tls is None or isinstance(tls, (bool, str)) else id(tls))
     conn = _connections.get(key)
-    if conn is not None and not conn.closed:
+    if conn is not None and not conn.closed and (not check or conn.alive()):
         return conn
     with _connections_lock:
         conn = _connections.get(key)

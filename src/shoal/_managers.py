@@ -161,7 +161,8 @@ class BaseManager:
         """Connect to a server already running at ``address``."""
         if self._address is None:
             raise ValueError("connect() needs the address of a running server")
-        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer, self._tls)
+        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer,
+                                    self._tls, check=True)
         self._install_proxytypes()
         self._state.value = STARTED
 

@@ -4,6 +4,7 @@ made since, in one directory (the design of Redis' append-only file, with its re
 Files in the directory::
 
     LOCK              held (flock) by the live server; a second server is refused
+    ID                the id of the directory's objects, told to clients (``_protocol``)
     snapshot          every live object, as of the start of journal.<gen>
     journal.<gen>     the writes since that snapshot, in the order they ran; while a new
                       snapshot is written, a newer journal.<gen + 1> takes the writes
@@ -238,6 +239,30 @@ class Store:
             self._syncer = threading.Thread(target=self._sync_every_second, daemon=True,
                                             name="shoal-fsync")
             self._syncer.start()
+
+    def instance_id(self) -> bytes:
+        """The id of this directory's objects (file ``ID``, made at the first start): the same
+        after every restart, since the objects and their ids come back; a new one if the
+        directory is emptied."""
+        path = os.path.join(self.dir, "ID")
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            if len(data) == 8:
+                return data
+        except FileNotFoundError:
+            pass
+        data = os.urandom(8)
+        try:
+            with open(path + ".tmp", "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+            self._fsync_dir()
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
+        return data
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.dir, os.O_RDONLY)

@@ -1,11 +1,16 @@
-"""The wire protocol: handshake and frames (protocol version 1).
+"""The wire protocol: handshake and frames (protocol version 2).
 
 Handshake, before any request is read (both sides prove they hold the authkey; HMAC-SHA256)::
 
     server -> client   b"SHOAL" | version (1 byte) | server nonce (32 bytes)             38 bytes
     client -> server   client nonce (32 bytes) | HMAC(key, b"client" + sn + cn)          64 bytes
-    server -> client   b"\\x01" | HMAC(key, b"server" + cn + sn)                         33 bytes
+    server -> client   b"\\x01" | HMAC(key, b"server" + cn + sn + id) | id (8 bytes)     41 bytes
                        or b"\\x00" and close, when the client's proof is wrong            1 byte
+
+``id`` names the server's objects: random for each start of a server that persists nothing,
+kept in its directory by one that persists (its objects, and their ids, survive a restart). A
+proxy made under one id refuses to reconnect to a server with another: its object is gone, and
+the same number may name another object there.
 
 Frames, in both directions after the handshake::
 
@@ -31,16 +36,19 @@ from ._errors import AuthenticationError, ProtocolError
 
 __all__ = [
     "VERSION", "MAGIC", "HEADER", "NONCE", "MAX_FRAME", "HELLO_SIZE", "PROOF_SIZE",
+    "INSTANCE", "ANSWER_SIZE",
     "server_hello", "client_proof", "check_client", "check_server",
 ]
 
-VERSION = 1
+VERSION = 2
 MAGIC = b"SHOAL"
 HEADER = struct.Struct("!II")
 NONCE = 32
 MAX_FRAME = 256 * 1024 * 1024     # after authentication; see Server(max_frame=...)
 HELLO_SIZE = len(MAGIC) + 1 + NONCE
 PROOF_SIZE = NONCE + 32
+INSTANCE = 8                      # bytes of the server's id in its answer
+ANSWER_SIZE = 1 + 32 + INSTANCE
 OK, FAIL = b"\x01", b"\x00"
 
 REPLY_OK, REPLY_ERROR, REPLY_PICKLED_ERROR = 0, 1, 2
@@ -69,22 +77,26 @@ def client_proof(key: bytes, hello: bytes) -> tuple[bytes, bytes]:
     return cn + _mac(key, b"client", sn, cn), cn
 
 
-def check_client(key: bytes, server_nonce: bytes, proof: bytes) -> bytes | None:
-    """Verify the client's proof; return the server's answer, or None when the proof is wrong."""
+def check_client(key: bytes, server_nonce: bytes, proof: bytes, instance: bytes) -> bytes | None:
+    """Verify the client's proof; return the server's answer (telling its ``instance`` id), or
+    None when the proof is wrong."""
     cn, mac = proof[:NONCE], proof[NONCE:]
     if not hmac.compare_digest(mac, _mac(key, b"client", server_nonce, cn)):
         return None
-    return OK + _mac(key, b"server", cn, server_nonce)
+    return OK + _mac(key, b"server", cn, server_nonce + instance) + instance
 
 
-def check_server(key: bytes, hello: bytes, client_nonce: bytes, answer: bytes) -> None:
-    """Verify the server's answer to our proof; raise AuthenticationError when it fails."""
+def check_server(key: bytes, hello: bytes, client_nonce: bytes, answer: bytes) -> bytes:
+    """Verify the server's answer to our proof; return the server's instance id. Raises
+    AuthenticationError when it fails."""
     if answer[:1] != OK:
         raise AuthenticationError(
             "the server refused the authkey: pass the same authkey the server was started with"
         )
     sn = hello[len(MAGIC) + 1:]
-    if len(answer) != 33 or not hmac.compare_digest(
-        answer[1:], _mac(key, b"server", client_nonce, sn)
+    instance = answer[1 + 32:]
+    if len(answer) != ANSWER_SIZE or not hmac.compare_digest(
+        answer[1:1 + 32], _mac(key, b"server", client_nonce, sn + instance)
     ):
         raise AuthenticationError("the server could not prove it holds the authkey")
+    return instance

@@ -114,6 +114,7 @@ class BaseProxy:
         # server must learn that this connection now holds the object.
         conn = get_connection(self._address, bytes(self._authkey), self._serializer,
                               self._conn.tls)
+        _same_objects(conn, self._instance, self._token)
         conn.track(self._id, hold=True)
         self._conn = conn
         return conn
@@ -164,7 +165,7 @@ class BaseProxy:
     def __reduce__(self) -> Any:
         authkey = bytes(self._authkey) if get_spawning_popen() is not None else None
         return (_rebuild, (type(self), self._token, authkey, self._exposed_, self._serializer,
-                           self._conn.tls))
+                           self._conn.tls, self._instance))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} object, typeid {self._token.typeid!r} at {id(self):#x}>"
@@ -177,10 +178,25 @@ class BaseProxy:
 
 
 def _rebuild(cls: type[BaseProxy], token: Token, authkey: bytes | None,
-             exposed: Any = None, serializer: str = "pickle", tls: Any = None) -> BaseProxy:
+             exposed: Any = None, serializer: str = "pickle", tls: Any = None,
+             instance: bytes | None = None) -> BaseProxy:
     if authkey is None:
         authkey = bytes(process.current_process().authkey)
+    if instance is not None:        # the object must still be there
+        _same_objects(get_connection(token.address, bytes(authkey), serializer, tls),
+                      instance, token)
     return cls(token, serializer, authkey=authkey, exposed=exposed, tls=tls)
+
+
+def _same_objects(conn: Connection, instance: bytes, token: Token) -> None:
+    """Refuse a proxy made under another start of the server at its address (one that persists
+    nothing gets a new id at each start): its object is gone, and its number may now name
+    another client's object."""
+    if conn.instance != instance:
+        raise ReferenceError(
+            f"shared {token.typeid} #{token.id} no longer exists: the shoal server at "
+            f"{conn.address!r} was restarted since this proxy was made, and its objects did not "
+            f"survive the restart (only a server with persist=DIR keeps them)")
 
 
 _local_locks: dict[tuple[Any, int], threading.RLock] = {}

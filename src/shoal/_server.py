@@ -352,7 +352,8 @@ class Conn:
         buf = self.inbuf
         if len(buf) < P.PROOF_SIZE:
             return False
-        answer = P.check_client(self.server.authkey, self.nonce, bytes(buf[:P.PROOF_SIZE]))
+        answer = P.check_client(self.server.authkey, self.nonce, bytes(buf[:P.PROOF_SIZE]),
+                                self.server.instance)
         self.timer.cancel()
         if answer is None:
             log.warning("refused a client: wrong authkey")
@@ -520,6 +521,11 @@ class Server:
                  fsync: str = "everysec", store_io: FileIO | None = None) -> None:
         if nested not in ("share", "copy"):
             raise ValueError(f"nested must be 'share' or 'copy', not {nested!r}")
+        if not 0 < handshake_timeout < float("inf"):
+            raise ValueError(f"the handshake timeout must be a number of seconds above 0, not "
+                             f"{handshake_timeout!r}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
         self.authkey = bytes(authkey)
         self.nested = nested
         self.registry = dict(registry or {})
@@ -560,14 +566,21 @@ class Server:
         self._snapshot_child: tuple[int, int, int] | None = None  # (pid, generation, pipe)
         self._closing = False
         self.store: Store | None = None
+        self.instance = os.urandom(P.INSTANCE)      # what clients are told the objects are
         if persist is not None:
             self.store = Store(persist, fsync, store_io)
             try:
+                self.instance = self.store.instance_id()
                 self._restore(self.store)
             except BaseException:
                 self.store.close()
                 raise
-        self.listener, self.address, self._private_dir = listen(address)
+        try:
+            self.listener, self.address, self._private_dir = listen(address)
+        except BaseException:
+            if self.store is not None:
+                self.store.close()          # the directory is free again for another try
+            raise
         self.loop.add(self.listener.fileno(), READ, self._accept)
         self.started = time.time()
         self.calls = 0
@@ -1088,7 +1101,13 @@ class Server:
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
-                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+                except OSError as e:     # the peer reset before we looked (a port scanner)
+                    log.info("dropped a TLS peer that went away at once: %s", e)
+                    sock.close()
+                    continue
             conn = Conn(self, sock)
             self.conns.add(conn)
             self.loop.add(conn.fd, READ, conn.on_event)

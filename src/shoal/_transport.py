@@ -24,7 +24,7 @@ def parse_address(address: Any) -> Address:
     """Normalise a user's address; raise ValueError with the accepted forms when it is none."""
     if isinstance(address, (tuple, list)) and len(address) == 2:
         host, port = address
-        if isinstance(host, str) and isinstance(port, int):
+        if isinstance(host, str) and type(port) is int and 0 <= port <= 65535:
             return (host, port)
     if isinstance(address, bytes):
         address = os.fsdecode(address)
@@ -39,7 +39,7 @@ def parse_address(address: Any) -> Address:
             if "/" in address or ":" not in address:
                 return address
         host, sep, port = address.rpartition(":")
-        if sep and port.isdigit():
+        if sep and port.isdigit() and int(port) <= 65535:
             return (host.strip("[]") or "127.0.0.1", int(port))
     raise ValueError(
         f"bad address {address!r}: give a socket path, (host, port), 'tcp://host:port' or 'host:port'"
@@ -90,7 +90,11 @@ def tls_context(tls: Any) -> ssl.SSLContext | None:
     if tls is True:
         return ssl.create_default_context()
     if isinstance(tls, (str, os.PathLike)):
-        return ssl.create_default_context(cafile=os.fspath(tls))
+        try:
+            return ssl.create_default_context(cafile=os.fspath(tls))
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"cannot use {os.fspath(tls)!r} as the CA file for TLS: "
+                             f"{e.strerror or e}") from e
     raise TypeError("tls must be None, True, a CA file path or an ssl.SSLContext")
 
 
@@ -129,8 +133,9 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def handshake(sock: socket.socket, authkey: bytes) -> None:
-    """The client's side of the handshake (see ``_protocol``); raises AuthenticationError."""
+def handshake(sock: socket.socket, authkey: bytes) -> bytes:
+    """The client's side of the handshake (see ``_protocol``): the server's instance id.
+    Raises AuthenticationError."""
     hello = recv_exact(sock, P.HELLO_SIZE)
     proof, cn = P.client_proof(authkey, hello)
     try:
@@ -138,8 +143,8 @@ def handshake(sock: socket.socket, authkey: bytes) -> None:
     except OSError as e:
         raise ConnectionLost(f"the shoal server connection failed: {e}") from e
     first = recv_exact(sock, 1)
-    answer = first if first == b"\x00" else first + recv_exact(sock, 32)
-    P.check_server(authkey, hello, cn, answer)
+    answer = first if first == b"\x00" else first + recv_exact(sock, P.ANSWER_SIZE - 1)
+    return P.check_server(authkey, hello, cn, answer)
 
 
 __all__ += ["handshake", "ProtocolError"]

@@ -129,8 +129,8 @@ class _Peer:
         proof, cn = P.client_proof(KEY, hello)
         self.sock.sendall(proof)
         self.pump()
-        answer = bytes(self.received[:33])
-        del self.received[:33]
+        answer = bytes(self.received[:P.ANSWER_SIZE])
+        del self.received[:P.ANSWER_SIZE]
         P.check_server(KEY, hello, cn, answer)
 
     def close(self) -> None:
