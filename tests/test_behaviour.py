@@ -746,3 +746,89 @@ def test_redis_lost_lease_is_reported_on_release(redis_m: Any) -> None:
             b.redis.delete(b._presence_key(b.token))
     finally:
         other.shutdown()
+
+
+# -- found by review: interrupted waits, a busy barrier, keys and values at the edges -----------
+
+class _Alarm(Exception):
+    pass
+
+
+def _raise_alarm(*_: Any) -> None:
+    raise _Alarm()
+
+
+@pytest.mark.timeout(30)
+def test_an_interrupted_condition_wait_takes_the_lock_back_and_leaves_the_queue(sm: Any) -> None:
+    """As threading's: the exception goes on with the lock held, and a later notify goes to a
+    thread that waits, not to the interrupted wait."""
+    import signal
+    c = sm.Condition()
+    old = signal.signal(signal.SIGALRM, _raise_alarm)
+    try:
+        with c:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(_Alarm):
+                c.wait(5)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        # (leaving the block released the lock: it was held again, or that raised)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    t, out = in_thread(lambda: (c.acquire(), c.wait(5), c.release())[1])
+    time.sleep(0.3)                                    # the thread waits
+    with c:
+        c.notify()
+    t.join(10)
+    assert out == [True]
+
+
+@pytest.mark.timeout(30)
+def test_a_party_arriving_while_the_action_runs_waits_for_it(sm: Any) -> None:
+    b = sm.Barrier(1, action=functools.partial(time.sleep, 0.5))
+    t, out = in_thread(lambda: b.wait(5))
+    time.sleep(0.1)                                    # the action runs now
+    assert b.wait(5) == 0
+    t.join(10)
+    assert out == [0]
+
+
+def test_unhashable_keys_are_refused_and_leave_the_dict_whole(sm: Any) -> None:
+    d = sm.dict(a=1)
+    for call in (lambda: d.__setitem__([1], 2), lambda: d.setdefault(["x"], 0),
+                 lambda: d.incr([1]), lambda: d.get({1}), lambda: {"a": 1} in d,
+                 lambda: d.update([([1], 2)])):
+        with pytest.raises(TypeError, match="unhashable"):
+            call()
+    assert d.copy() == {"a": 1} and len(d) == 1
+
+
+def test_update_takes_pairs_of_any_kind(sm: Any) -> None:
+    d = sm.dict()
+    d.update(sm.list([["h", 8]]))
+    d.update(["ab"])
+    assert d.copy() == {"h": 8, "a": "b"}
+    with pytest.raises(ValueError, match="has length 3; 2 is required"):
+        d.update([(1, 2, 3)])
+
+
+def test_nan_equals_nothing_stored(sm: Any) -> None:
+    nan = float("nan")
+    lst, d = sm.list([nan, 1]), sm.dict(k=nan)
+    assert (nan in lst) is False and lst.count(nan) == 0
+    with pytest.raises(ValueError):
+        lst.index(nan)
+    assert d.cas("k", nan, "replaced") is False and d["k"] != d["k"]
+
+
+def test_a_pipeline_takes_only_a_shoal_servers_proxies(sm: Any, backend: Backend) -> None:
+    d = sm.dict()
+    if backend.name == "redis":
+        with pytest.raises(TypeError, match="proxies of a shoal server"):
+            shoal.pipeline(d)
+        return
+    with shoal.pipeline(d) as pd:
+        pd["k"] = 1
+    assert d["k"] == 1
+    with pytest.raises(TypeError, match="proxies of a shoal server"):
+        shoal.pipeline({"not": "a proxy"})  # type: ignore[arg-type]

@@ -39,6 +39,9 @@ __all__ = ["Connection", "get_connection", "proxy_types"]
 
 HEADER = P.HEADER
 _NOTE_RID = 0
+#: ``call_may_wait(undo=FINISH)``: an interrupted wait is ended by the server, and its reply
+#: waited for, before the exception goes on (Condition.wait, which takes its lock back).
+FINISH = object()
 _GOODBYE_WAIT = 2.0     # seconds an ending process waits for the server to take its goodbye
 _NONE_BODY = Codec().encode([P.REPLY_OK, None])
 _NONE = (P.REPLY_OK, None)
@@ -262,19 +265,35 @@ class Connection:
             self._write(HEADER.pack(len(body), rid) + body)
         return rid
 
-    def call_may_wait(self, oid: int, name: str, args: Any,
-                      undo: Callable[[Any], tuple[str, list[Any]] | None]) -> Any:
+    def call_may_wait(self, oid: int, name: str, args: Any, undo: Any) -> Any:
         """``call`` for a request that may wait in the server (an acquire, a get). When an
         exception interrupts the wait (Ctrl-C, a signal handler's), the server is asked to drop
         the request; if it ran all the same, ``undo(result)`` names a call sent without waiting
-        that gives back what it got (a release, the item)."""
+        that gives back what it got (a release, the item). ``undo=FINISH`` (a Condition's
+        wait): the server ends the wait instead, and the exception goes on once its reply
+        came (the lock is held again then, as after threading's)."""
         rid = self._request(oid, name, args, None)
         try:
-            body = self._read_until(rid) if self._read_lock.acquire(False) else self._wait(rid)
+            body = self._reply_body(rid)
         except BaseException:
-            self._abandon(rid, oid, undo)
+            if undo is FINISH:
+                self._finish(rid)
+            else:
+                self._abandon(rid, oid, undo)
             raise
         return self._decode_reply(body)
+
+    def _reply_body(self, rid: int) -> bytes:
+        return self._read_until(rid) if self._read_lock.acquire(False) else self._wait(rid)
+
+    def _finish(self, rid: int) -> None:
+        if self.closed:
+            return
+        try:
+            self.send(0, "cancel", [rid])
+            self._reply_body(rid)
+        except Exception:
+            pass
 
     def _abandon(self, rid: int, oid: int, undo: Callable[[Any], Any]) -> None:
         if self.closed:

@@ -8,7 +8,7 @@ copies; ``repr``/``==`` work on such a copy, as on the local type.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSequence
+from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from multiprocessing import process
 from multiprocessing.context import get_spawning_popen
 from typing import Any, NamedTuple
@@ -125,8 +125,7 @@ class BaseProxy:
             conn = self._reconnect()
         return conn.call(self._id, name, args)
 
-    def _call_may_wait(self, name: str, *args: Any,
-                       undo: Callable[[Any], tuple[str, list[Any]] | None] | None = None) -> Any:
+    def _call_may_wait(self, name: str, *args: Any, undo: Any = None) -> Any:
         """``_call`` for a call that may wait in the server (for a lock, an item, a signal):
         what this process dropped is released with it, not with its next call, which may
         come much later. With ``undo``, an exception that interrupts the wait cancels the
@@ -748,6 +747,11 @@ def pipeline(*proxies: BaseProxy) -> Any:
             n = pd.incr("count")
         print(n.value)
     """
+    for p in proxies:
+        if not isinstance(getattr(p, "_conn", None), Connection):
+            raise TypeError(f"shoal.pipeline takes proxies of a shoal server, not "
+                            f"{type(p).__name__} (on Redis, use bulk calls: update, extend, "
+                            f"get_many)")
     pipe = Pipeline()
     views = [pipe(p) for p in proxies]
     return _PipelineContext(pipe, views[0] if len(views) == 1 else tuple(views))

@@ -417,6 +417,18 @@ class SCondition(SyncObject):
     def notify_all(self, tid: int = 0) -> None:
         self.notify(len(self.waiters), tid)
 
+    def cancel(self, conn: Conn, rid: int) -> bool:
+        """An interrupted wait ends as one that timed out: it takes the lock back (its reply
+        comes then), as threading's Condition.wait does before the exception goes on."""
+        for w in self.waiters:
+            if w.conn is conn and w.rid == rid:
+                self.waiters.remove(w)
+                if w.timer is not None:
+                    w.timer.cancel()
+                self.lock.enqueue(w, w.data, False)
+                return True
+        return False
+
     def client_gone(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
 

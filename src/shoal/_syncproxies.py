@@ -121,7 +121,8 @@ class ConditionProxy(AcquirerProxy):
     """A shared ``threading.Condition``."""
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._call_may_wait("wait", timeout, get_ident())  # type: ignore[no-any-return]
+        return self._call_may_wait(  # type: ignore[no-any-return]
+            "wait", timeout, get_ident(), undo=_client.FINISH)
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         endtime = None

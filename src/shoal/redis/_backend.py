@@ -228,6 +228,7 @@ class Backend:
         return self.codec().decode(raw)
 
     def encode_key(self, key: Any) -> bytes:
+        hash(key)               # TypeError for an unhashable key, as a dict raises it
         return self.key_codec().encode(key)
 
     def _ref_of(self, obj: Any) -> tuple[str, str] | None:

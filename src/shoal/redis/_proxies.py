@@ -278,10 +278,16 @@ def _pairs(other: Any, kw: dict[str, Any] | None) -> list[tuple[Any, Any]]:
         pairs = list(other.items())
     else:
         pairs = []
-        for pair in other:
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise TypeError("dictionary update sequence element is not a (key, value) pair")
-            pairs.append((pair[0], pair[1]))
+        for i, pair in enumerate(other):
+            try:
+                k, v = pair       # any iterable of two, a shared list included, as dict() takes
+            except TypeError:
+                raise TypeError(f"cannot convert dictionary update sequence element #{i} to a "
+                                f"sequence") from None
+            except ValueError:
+                raise ValueError(f"dictionary update sequence element #{i} has length "
+                                 f"{len(pair)}; 2 is required") from None
+            pairs.append((k, v))
     if kw:
         pairs.extend(kw.items())
     return pairs
@@ -341,6 +347,8 @@ def _d_cas(self: RedisProxy, key: Any, expected: Any, new: Any) -> bool:
     packed = plan.packed()
     if expected is None:
         mode, want = "n", b""
+    elif _has_nan(expected):
+        return False            # nothing stored equals it (see _l_contains)
     else:
         mode, want = "b", b.encode(expected)
     while True:
@@ -470,8 +478,22 @@ def _l_all(self: RedisProxy) -> list[bytes]:
     return self._run("lall")[1]  # type: ignore[no-any-return]
 
 
+def _has_nan(value: Any) -> bool:
+    """Does ``value`` hold a NaN (which equals nothing, its own bytes' copy included)?"""
+    t = type(value)
+    if t is float:
+        return value != value
+    if t in (list, tuple, set, frozenset):
+        return any(_has_nan(v) for v in value)
+    if t is dict:
+        return any(_has_nan(k) or _has_nan(v) for k, v in value.items())
+    return False
+
+
 def _l_contains(self: RedisProxy, value: Any) -> bool:
     b = self._b
+    if _has_nan(value):
+        return False            # as the list it stands for: its items are copies, never it
     if self._run("lhas", b.encode(value))[1]:
         return True
     if type(value) in _EXACT:

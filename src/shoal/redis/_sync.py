@@ -219,6 +219,14 @@ class RedisConditionProxy(_AcquirerMixin, ConditionProxy):
                 if r[0] == OK:
                     notified = True
                     break
+        except BaseException:
+            # Interrupted (Ctrl-C, a signal handler's exception): leave the queue, or a later
+            # notify would wake this entry instead of a thread that waits.
+            try:
+                self._try("cpoll", "1")
+            except Exception:
+                pass
+            raise
         finally:
             self._acquire(True, None, depth)
         return notified
@@ -270,6 +278,10 @@ class RedisBarrierProxy(_SyncProxy, BarrierProxy):
             timeout = b.decode(raw) if raw else None
         deadline = deadline_of(_timeout(timeout, "now"))
         r = self._try("bwait")
+        while r[0] != ACTION and r[0] != OK and len(r) < 4:
+            # The barrier's action is running: arrive once it is done (threading waits so).
+            b.wait(b.holder(), b.wait_bound(int(b.lease * 500), None))
+            r = self._try("bwait")
         if r[0] == ACTION:
             index = r[1]
             try:
