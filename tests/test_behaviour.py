@@ -832,3 +832,44 @@ def test_a_pipeline_takes_only_a_shoal_servers_proxies(sm: Any, backend: Backend
     assert d["k"] == 1
     with pytest.raises(TypeError, match="proxies of a shoal server"):
         shoal.pipeline({"not": "a proxy"})  # type: ignore[arg-type]
+
+
+def _hold_past_the_lease(lock: Any, sem: Any, d: Any, ready: Any, resumed: Any, out: Any) -> None:
+    lock.acquire()
+    sem.acquire()
+    block = d.locked()
+    block.__enter__()
+    ready.set()
+    resumed.wait(30)           # stopped in here for longer than the lease, then resumed
+    time.sleep(1.0)            # the renewing thread finds the lease lapsed
+    got = []
+    for release in (lock.release, sem.release, lambda: block.__exit__(None, None, None)):
+        try:
+            release()
+            got.append("released")
+        except shoal.redis.LeaseExpired:
+            got.append("LeaseExpired")
+    out.put(got)
+
+
+@pytest.mark.timeout(60)
+def test_redis_releasing_after_the_lease_lapsed_raises_and_gives_nothing_twice(
+        redis_url: str) -> None:  # noqa: F811
+    import signal
+    import shoal.redis
+    m = shoal.redis.connect(redis_url, namespace=f"lapse-{secrets.token_hex(4)}", lease=1.0)
+    try:
+        lock, sem, d = m.Lock(), m.Semaphore(1), m.dict()
+        ready, resumed, out = FORK.Event(), FORK.Event(), FORK.Queue()
+        p = start(_hold_past_the_lease, lock, sem, d, ready, resumed, out)
+        assert ready.wait(20)
+        os.kill(p.pid, signal.SIGSTOP)
+        time.sleep(2.5)
+        os.kill(p.pid, signal.SIGCONT)
+        resumed.set()
+        assert out.get(timeout=30) == ["LeaseExpired"] * 3
+        join_all([p])
+        assert sem.get_value() == 1               # its count came back once, not twice
+    finally:
+        m.purge()
+        m.shutdown()

@@ -134,6 +134,9 @@ class Backend:
         self._local = threading.local()
         self._proxy_types: dict[str, Callable[..., Any]] = {}
         self.held: dict[tuple[str, str], int] = {}   # (lock key, holder) -> depth, this process
+        # (semaphore key, token) -> counts this process took and has not given back
+        self.taken: dict[tuple[str, str], int] = {}
+        self.lapsed: set[str] = set()     # this process's tokens whose lease lapsed
         self._stop = threading.Event()
         self.token = self._new_token()
         with self.errors():
@@ -167,6 +170,7 @@ class Backend:
                 if not ok:
                     log.warning("shoal: this process's lease on %s lapsed (it was not renewed "
                                 "in time); what it held has been freed", self.prefix)
+                    self.lapsed.add(self.token)
                     self.token = self._new_token()
                     self._announce()
             except redis.exceptions.RedisError as e:

@@ -31,7 +31,7 @@ from .._syncproxies import (
     RLockProxy,
     SemaphoreProxy,
 )
-from ._backend import deadline_of, remaining
+from ._backend import LeaseExpired, deadline_of, remaining
 from ._proxies import PROXY_TYPES, RedisProxy
 from ._scripts import BLOCKED, OK
 
@@ -102,6 +102,15 @@ class _AcquirerMixin(_SyncProxy):
         b = self._b
         holder = b.holder()
         depth = b.held.get((key, holder), 0)
+        if not depth and b.lapsed:
+            # Taken under a token whose lease lapsed: released under that one, which the
+            # script reports as LeaseExpired (or releases, if nobody has looked meanwhile).
+            tid = holder.rpartition("/")[2]
+            for token in b.lapsed:
+                depth = b.held.get((key, f"{token}/{tid}"), 0)
+                if depth:
+                    holder = f"{token}/{tid}"
+                    break
         if depth <= 1:
             b.held.pop((key, holder), None)
         else:
@@ -146,9 +155,14 @@ class RedisSemaphoreProxy(_SyncProxy, SemaphoreProxy):
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         deadline = deadline_of(_timeout(timeout, "now"))
+        b = self._b
         while True:
+            token = b.token
             r = self._try("sacq", "1" if blocking else "0")
             if r[0] == OK:
+                if r[1]:
+                    key = (self._redis_key, token)
+                    b.taken[key] = b.taken.get(key, 0) + 1
                 return bool(r[1])
             left = remaining(deadline)
             if left is not None and left <= 0:
@@ -158,7 +172,21 @@ class RedisSemaphoreProxy(_SyncProxy, SemaphoreProxy):
     def release(self, n: int = 1) -> None:
         if n < 1:
             raise ValueError("n must be one or more")
+        b = self._b
+        mine = (self._redis_key, b.token)
+        if not b.taken.get(mine) and b.lapsed:
+            for token in b.lapsed:
+                gone = (self._redis_key, token)
+                if b.taken.get(gone):
+                    # Its counts went back when its lease lapsed: giving them again would let
+                    # one more holder in than the semaphore allows.
+                    b.taken[gone] -= 1
+                    raise LeaseExpired("the semaphore's lease expired while it was held (the "
+                                       "process did not renew it in time); its count was given "
+                                       "back then")
         self._try("srel", str(n))
+        if b.taken.get(mine):
+            b.taken[mine] = max(0, b.taken[mine] - n)
 
     def get_value(self) -> int:
         return self._try("sval")[1]  # type: ignore[no-any-return]
