@@ -708,8 +708,12 @@ def test_joinable_queue(m: shoal.SyncManager) -> None:
     assert len(done_at) == 3 and joined_at - done_at[-1] < LATE
     with pytest.raises(ValueError):
         jq.task_done()
-    q = m.Queue()
-    with pytest.raises(AttributeError):
+    q = m.Queue()                    # a queue.Queue, as Manager's: task_done and join too
+    q.put(1)
+    assert q.get() == 1
+    q.task_done()
+    q.join()
+    with pytest.raises(ValueError):
         q.task_done()
 
 

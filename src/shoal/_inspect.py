@@ -72,7 +72,7 @@ def render(state: dict[str, Any]) -> str:
     lines.append(f"  {'id':>6} {'type':<14} {'items':>8} {'max':>6} {'getters':>8} "
                  f"{'putters':>8} {'unfinished':>10}")
     for q in state["queues"]:
-        unfinished = "-" if q["unfinished"] is None else q["unfinished"]
+        unfinished = q["unfinished"]
         lines.append(f"  {q['id']:>6} {q['type']:<14} {q['items']:>8} {q['maxsize'] or '-':>6} "
                      f"{q['getters_waiting']:>8} {q['putters_waiting']:>8} {unfinished:>10}")
     return "\n".join(lines)

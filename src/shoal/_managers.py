@@ -361,6 +361,9 @@ for _typeid, _proxytype in (
 SyncManager.register("Pool", multiprocessing.pool.Pool, PoolProxy)
 SyncManager.register("AsyncResult", None, AsyncResultProxy, create_method=False)
 SyncManager.register("Iterator", None, IteratorProxy, create_method=False)
+# On a plain BaseManager too (Manager registers it on SyncManager only): DictProxy and
+# ListProxy, which a registered type may use, return their iterators as "Iterator".
+BaseManager.register("Iterator", None, IteratorProxy, create_method=False)
 
 
 def Manager(*, address: Any = None, authkey: bytes | None = None, nested: str = "share",

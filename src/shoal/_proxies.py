@@ -163,6 +163,9 @@ class BaseProxy:
 
     def __reduce__(self) -> Any:
         authkey = bytes(self._authkey) if get_spawning_popen() is not None else None
+        if type(self).__dict__.get("_auto"):     # a class made on the fly: no name to find
+            return (_rebuild_auto, (self._token, authkey, self._exposed_, self._serializer,
+                                    self._conn.tls, self._instance))
         return (_rebuild, (type(self), self._token, authkey, self._exposed_, self._serializer,
                            self._conn.tls, self._instance))
 
@@ -261,6 +264,13 @@ class ObjectLockContext:
 class DictProxy(BaseProxy, MutableMapping[Any, Any]):
     """A shared dict. Also: ``incr``, ``cas`` and ``get_many``, each one atomic round trip."""
 
+    # Manager's, for a type registered with proxytype=DictProxy (and for subclasses that add
+    # to it); shoal's own dicts answer more.
+    _exposed_ = ("__contains__", "__delitem__", "__getitem__", "__iter__", "__len__",
+                 "__setitem__", "clear", "copy", "get", "items", "keys", "pop", "popitem",
+                 "setdefault", "update", "values")
+    _method_to_typeid_ = {"__iter__": "Iterator"}
+
     def __getitem__(self, key: Any) -> Any:
         return self._call("__getitem__", key)
 
@@ -355,6 +365,12 @@ class DictProxy(BaseProxy, MutableMapping[Any, Any]):
 
 class ListProxy(BaseProxy, MutableSequence[Any]):
     """A shared list."""
+
+    # Manager's (see DictProxy), with ``__iter__``, which this class calls.
+    _exposed_ = ("__add__", "__contains__", "__delitem__", "__getitem__", "__iter__", "__len__",
+                 "__mul__", "__reversed__", "__rmul__", "__setitem__", "append", "count",
+                 "extend", "index", "insert", "pop", "remove", "reverse", "sort", "__imul__")
+    _method_to_typeid_ = {"__iter__": "Iterator"}
 
     def __getitem__(self, index: Any) -> Any:
         return self._call("__getitem__", index)
@@ -775,17 +791,20 @@ def _method(name: str) -> Any:
     return call
 
 
-_proxy_type_cache: dict[tuple[str, tuple[str, ...]], type[BaseProxy]] = {}
+_proxy_type_cache: dict[tuple[str, tuple[str, ...], bool], type[BaseProxy]] = {}
 
 
-def make_proxy_type(name: str, exposed: Iterable[str]) -> type[BaseProxy]:
-    """A proxy class forwarding the methods ``exposed`` (Manager's MakeProxyType, without exec)."""
+def make_proxy_type(name: str, exposed: Iterable[str], auto: bool = False) -> type[BaseProxy]:
+    """A proxy class forwarding the methods ``exposed`` (Manager's MakeProxyType, without exec).
+    ``auto``: an AutoProxy's, which pickles as a call of ``_rebuild_auto``."""
     exposed = tuple(exposed)
-    key = (name, exposed)
+    key = (name, exposed, auto)
     cls = _proxy_type_cache.get(key)
     if cls is None:
         ns: dict[str, Any] = {m: _method(m) for m in exposed}
         ns["_exposed_"] = exposed
+        if auto:
+            ns["_auto"] = True
         cls = _proxy_type_cache[key] = type(name, (BaseProxy,), ns)
     return cls
 
@@ -800,9 +819,21 @@ def AutoProxy(token: Token, serializer: Any = None, manager: Any = None, authkey
         conn = get_connection(token.address, bytes(authkey),
                               serializer if serializer in ("pickle", "xmlrpclib") else "pickle")
         exposed = conn.call(0, "exposed", [token.id])
-    cls = make_proxy_type(f"AutoProxy[{token.typeid}]", exposed)
+    cls = make_proxy_type(f"AutoProxy[{token.typeid}]", exposed, auto=True)
     return cls(token, serializer, manager=manager, authkey=authkey, exposed=exposed,
                incref=incref)
+
+
+def _rebuild_auto(token: Token, authkey: bytes | None, exposed: Any, serializer: str,
+                  tls: Any = None, instance: bytes | None = None) -> BaseProxy:
+    """An AutoProxy from a pickle: its class is made on the fly, so the pickle names this."""
+    if authkey is None:
+        authkey = bytes(process.current_process().authkey)
+    if instance is not None:
+        _same_objects(get_connection(token.address, bytes(authkey), serializer, tls),
+                      instance, token)
+    cls = make_proxy_type(f"AutoProxy[{token.typeid}]", exposed, auto=True)
+    return cls(token, serializer, authkey=authkey, exposed=exposed, tls=tls)
 
 
 AutoProxy._from_ref = lambda conn, oid, typeid: _auto_from_ref(conn, oid, typeid)  # type: ignore[attr-defined]
@@ -810,7 +841,7 @@ AutoProxy._from_ref = lambda conn, oid, typeid: _auto_from_ref(conn, oid, typeid
 
 def _auto_from_ref(conn: Connection, oid: int, typeid: str) -> BaseProxy:
     exposed = conn.call(0, "exposed", [oid])
-    return make_proxy_type(f"AutoProxy[{typeid}]", exposed)._from_ref(conn, oid, typeid)
+    return make_proxy_type(f"AutoProxy[{typeid}]", exposed, auto=True)._from_ref(conn, oid, typeid)
 
 
 def unwrap(x: Any) -> Any:

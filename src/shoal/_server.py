@@ -32,7 +32,7 @@ from ._errors import WIRE_NAMES, RemoteError
 from ._persist import FileIO, Store, StoreError
 from ._persist import frame as frame_record
 from ._loop import READ, WRITE, Loop, Timer
-from ._sync import SYNC_TYPES
+from ._sync import SYNC_TYPES, SQueue
 from ._objects import NATIVE_TYPES, PENDING, Plain, SCustom, SDict, SList, Shared, op, plain
 from ._transport import Address, listen
 
@@ -71,6 +71,8 @@ def _die_with_parent() -> None:
 
 
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
+_CUSTOM_THREADS = 1024     # registered types' calls running at once (threads made as needed)
 _GROUP_WAIT = 0.0002      # the longest a commit waits for more clients to join its group
 _OUT_HIGH = 32 * 1024 * 1024      # bytes of unsent replies past which a client is not read
 _SEND_CHUNK = 256 * 1024            # at most this much (or _IOV_MAX buffers) per send call
@@ -1011,8 +1013,8 @@ class Server:
                             q.items.popleft()  # type: ignore[attr-defined]
                 replayed += 1
             for obj in keep:                 # task_done is not journaled: count what is left
-                if getattr(obj, "joinable", False):
-                    obj.unfinished = len(obj.items)  # type: ignore[attr-defined]
+                if isinstance(obj, SQueue):
+                    obj.unfinished = len(obj.items)
             log.info("restored %d objects from the snapshot and %d journal records",
                      len(states), replayed)
         finally:
@@ -1035,7 +1037,10 @@ class Server:
         """Call user code (a registered type) in a worker thread: it may block, and unpickling
         its arguments may even call back into this server."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="shoal-custom")
+            # A thread per call at once, as Manager has one per connection: registered
+            # methods may block (a queue.Queue's get), and must not wait for each other.
+            self._executor = ThreadPoolExecutor(max_workers=_CUSTOM_THREADS,
+                                                thread_name_prefix="shoal-custom")
 
         def work() -> None:
             try:
@@ -1053,6 +1058,8 @@ class Server:
     def _custom_done(self, conn: Conn, rid: int, result: Any, typeid: str | None) -> None:
         if typeid is not None:
             result = self.wrap(result, typeid)
+        elif type(result) in _DICT_VIEWS:
+            result = list(result)        # what Manager's proxies of a dict give back too
         conn.reply(rid, result)
 
     def wrap(self, obj: Any, typeid: str) -> Shared:

@@ -578,12 +578,12 @@ class SBarrier(SyncObject):
 
 
 class SQueue(SyncObject):
-    """queue.Queue. Items are values (a dict put in is a dict got out, never made shared)."""
+    """queue.Queue (with ``task_done`` and ``join``, as Manager's Queue, which is one). Items
+    are values (a dict put in is a dict got out, never made shared)."""
 
     __slots__ = ("items", "maxsize", "getters", "putters", "unfinished", "joiners")
     CANCELLABLE = ("getters", "putters")
     typeid = "Queue"
-    joinable = False
 
     def __init__(self, server: Server, maxsize: int = 0) -> None:
         super().__init__(server)
@@ -606,7 +606,7 @@ class SQueue(SyncObject):
         self.maxsize, items = state
         self.items = deque(items)
         self.getters, self.putters, self.joiners = deque(), deque(), deque()
-        self.unfinished = len(self.items) if self.joinable else 0
+        self.unfinished = len(self.items)
 
     def describe(self) -> str:
         return (f"{self.typeid} #{self.oid} ({len(self.items)} items, {len(self.getters)} getters "
@@ -616,8 +616,7 @@ class SQueue(SyncObject):
         return 0 < self.maxsize <= len(self.items)
 
     def _deliver(self, item: Any) -> None:
-        if self.joinable:
-            self.unfinished += 1
+        self.unfinished += 1
         if self.getters:
             self.getters.popleft().answer(item)
         else:
@@ -684,7 +683,7 @@ class SQueue(SyncObject):
     def inspect(self) -> dict[str, Any]:
         return {"items": len(self.items), "maxsize": self.maxsize,
                 "getters_waiting": len(self.getters), "putters_waiting": len(self.putters),
-                "unfinished": self.unfinished if self.joinable else None}
+                "unfinished": self.unfinished}
 
     @op("empty")
     def empty(self) -> bool:
@@ -696,8 +695,6 @@ class SQueue(SyncObject):
 
     @op("task_done")
     def task_done(self) -> None:
-        if not self.joinable:
-            raise AttributeError("'Queue' object has no attribute 'task_done'")
         if self.unfinished <= 0:
             raise ValueError("task_done() called too many times")
         self.unfinished -= 1
@@ -707,8 +704,6 @@ class SQueue(SyncObject):
 
     @op("join")
     def join(self, tid: int = 0) -> Any:
-        if not self.joinable:
-            raise AttributeError("'Queue' object has no attribute 'join'")
         if self.unfinished == 0:
             return None
         return self.park(self.joiners, tid, None, None, lambda w: None)
@@ -721,7 +716,6 @@ class SQueue(SyncObject):
 class SJoinableQueue(SQueue):
     __slots__ = ()
     typeid = "JoinableQueue"
-    joinable = True
 
 
 SYNC_TYPES: dict[str, type[Shared]] = {

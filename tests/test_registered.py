@@ -1,0 +1,99 @@
+"""Types registered with BaseManager.register, as Manager's users write them (the docs'
+MathsClass, a proxytype of DictProxy, the remote queue.Queue), in real processes."""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import queue
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal import DictProxy
+
+
+class MathsClass:
+    def add(self, x: int, y: int) -> int:
+        return x + y
+
+
+_QUEUE: queue.Queue[Any] = queue.Queue()
+
+
+def _the_queue() -> queue.Queue[Any]:
+    return _QUEUE
+
+
+class CounterProxy(DictProxy):
+    """A proxy extended the way Manager's users do it."""
+
+    _exposed_ = DictProxy._exposed_ + ("incr_key",)   # type: ignore[operator]
+
+    def incr_key(self, key: Any) -> Any:
+        return self._callmethod("incr_key", (key,))
+
+
+class Counter(dict):  # type: ignore[type-arg]
+    def incr_key(self, key: Any) -> Any:
+        self[key] = self.get(key, 0) + 1
+        return self[key]
+
+
+class _Registered(shoal.BaseManager):
+    pass
+
+
+_Registered.register("Maths", MathsClass)
+_Registered.register("defaultdict", collections.defaultdict, DictProxy)
+_Registered.register("Counter", Counter, CounterProxy)
+_Registered.register("get_queue", callable=_the_queue)
+
+
+def _add(maths: Any, i: int) -> int:
+    return maths.add(i, 1)     # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_registered_types_proxy_goes_to_pool_workers(method: str) -> None:
+    """An AutoProxy's class is made on the fly: it must pickle all the same."""
+    with _Registered() as m:
+        maths = m.Maths()
+        with multiprocessing.get_context(method).Pool(2) as pool:
+            assert pool.starmap(_add, [(maths, i) for i in range(4)]) == [1, 2, 3, 4]
+
+
+@pytest.mark.timeout(60)
+def test_register_with_proxytype_dictproxy_and_an_extended_proxy() -> None:
+    with _Registered() as m:
+        d = m.defaultdict(int)
+        d["a"] = 1
+        assert d["a"] == 1 and d["missing"] == 0 and len(d) == 2
+        assert sorted(d.keys()) == ["a", "missing"] and sorted(d) == ["a", "missing"]
+        c = m.Counter()
+        assert c.incr_key("k") == 1 and c.incr_key("k") == 2 and c["k"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_many_calls_of_a_registered_type_may_block_at_once() -> None:
+    """Manager gives each connection a thread: 80 threads blocked in a registered queue's get
+    must not keep the puts that wake them from running."""
+    with _Registered() as m:
+        q = m.get_queue()
+        got: list[Any] = []
+        threads = [threading.Thread(target=lambda: got.append(q.get(timeout=30)))
+                   for _ in range(80)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        start = time.monotonic()
+        for i in range(80):
+            q.put(i)
+        assert time.monotonic() - start < 5
+        for t in threads:
+            t.join(30)
+        assert sorted(got) == list(range(80))
