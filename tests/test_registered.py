@@ -97,3 +97,37 @@ def test_many_calls_of_a_registered_type_may_block_at_once() -> None:
         for t in threads:
             t.join(30)
         assert sorted(got) == list(range(80))
+
+
+class Filler:
+    def fill(self, d: Any, n: int) -> int:
+        for i in range(n):
+            d[i] = i                 # d arrives as a proxy, as with Manager
+        return len(d)
+
+
+class _SyncWithFiller(shoal.SyncManager):
+    pass
+
+
+_SyncWithFiller.register("Filler", Filler)
+
+
+def _task(d: Any, ev: Any, i: int) -> bool:
+    d[i] = i
+    return ev.wait(10)               # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(60)
+def test_proxies_given_to_server_side_code_arrive_as_proxies() -> None:
+    """A registered method, and a task of the manager's own Pool (which runs in the server),
+    get proxies of the shared objects passed to them, as Manager's do."""
+    with _SyncWithFiller() as sm:
+        d, ev = sm.dict(), sm.Event()
+        assert sm.Filler().fill(d, 3) == 3 and d == {0: 0, 1: 1, 2: 2}
+        ev.set()
+        with sm.Pool(2) as pool:
+            assert pool.starmap(_task, [(d, ev, i) for i in range(3, 6)]) == [True] * 3
+        assert d == {i: i for i in range(6)}
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 5        # its own connection does not slow the stop

@@ -144,7 +144,8 @@ class BaseManager:
             setattr(cls, typeid, temp)
 
     def _server_registry(self) -> dict[str, Registration]:
-        return {t: Registration(r["callable"], r["exposed"], r["method_to_typeid"])
+        return {t: Registration(r["callable"], r["exposed"], r["method_to_typeid"],
+                                r["proxytype"])
                 for t, r in self._registry.items()}
 
     # -- lifecycle ---------------------------------------------------------------------------

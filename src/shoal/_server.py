@@ -83,30 +83,34 @@ _NONE_REPLY = Codec().encode([P.REPLY_OK, None])   # the most common reply, enco
 class Registration:
     """What the server needs to know of a registered custom type."""
 
-    __slots__ = ("callable", "exposed", "method_to_typeid")
+    __slots__ = ("callable", "exposed", "method_to_typeid", "proxytype")
 
     def __init__(self, callable: Callable[..., Any] | None, exposed: Any = None,
-                 method_to_typeid: dict[str, str] | None = None) -> None:
+                 method_to_typeid: dict[str, str] | None = None, proxytype: Any = None) -> None:
         self.callable = callable
         self.exposed = tuple(exposed) if exposed is not None else None
         self.method_to_typeid = method_to_typeid
+        self.proxytype = proxytype
 
 
 def _builtin_exception(e: BaseException) -> str | None:
     return WIRE_NAMES.get(type(e))
 
 
-def _unopaque(v: Any) -> Any:
-    """Unpickle opaque values, deeply: only for calls into registered custom types' own code."""
+def _for_user_code(v: Any, proxy_of: Callable[[Shared], Any]) -> Any:
+    """Arguments for a registered type's own code (a Pool task's too), deeply: opaque values
+    unpickled, shared objects given as proxies (``proxy_of``), as Manager's code gets them."""
     t = type(v)
     if t is Opaque:
         return pickle.loads(v.data)
     if t is list:
-        return [_unopaque(x) for x in v]
+        return [_for_user_code(x, proxy_of) for x in v]
     if t is tuple:
-        return tuple(_unopaque(x) for x in v)
+        return tuple(_for_user_code(x, proxy_of) for x in v)
     if t is dict:
-        return {_unopaque(k): _unopaque(x) for k, x in v.items()}
+        return {_for_user_code(k, proxy_of): _for_user_code(x, proxy_of) for k, x in v.items()}
+    if isinstance(v, Shared):
+        return proxy_of(v)
     return v
 
 
@@ -1044,7 +1048,12 @@ class Server:
 
         def work() -> None:
             try:
-                result = fn(*_unopaque(args), **_unopaque(kw))
+                made: list[Any] = []
+                call_args = _for_user_code(args, lambda o: self._proxy_for(o, made))
+                call_kw = _for_user_code(kw, lambda o: self._proxy_for(o, made))
+                if made:      # their holds reach the server before this call lets go of them
+                    made[0]._conn.call(0, "ping")
+                result = fn(*call_args, **call_kw)
             except Exception as e:
                 # multiprocessing reports a failed creation as a RemoteError, a failed method
                 # call as the method's own exception.
@@ -1054,6 +1063,19 @@ class Server:
                 return
             self.loop.call_soon_threadsafe(lambda: self._custom_done(conn, rid, result, typeid))
         self._executor.submit(work)
+
+    def _proxy_for(self, obj: Shared, made: list[Any]) -> Any:
+        """A proxy of ``obj``, from this process through a connection of its own, for user code
+        in a worker thread (one that passes it to a Pool's worker process, say). Under TLS the
+        object itself (this process cannot check its own certificate)."""
+        if self.tls is not None:
+            return obj
+        from ._proxies import AutoProxy, Token     # (the proxies import the client side)
+        reg = self.registry.get(obj.typeid)
+        cls = reg.proxytype if reg is not None and reg.proxytype is not None else AutoProxy
+        proxy = cls(Token(obj.typeid, self.address, obj.oid), authkey=self.authkey)
+        made.append(proxy)
+        return proxy
 
     def _custom_done(self, conn: Conn, rid: int, result: Any, typeid: str | None) -> None:
         if typeid is not None:
