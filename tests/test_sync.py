@@ -1250,7 +1250,7 @@ def test_a_call_that_ran_before_its_caller_gave_up_is_undone(m: shoal.SyncManage
 def test_a_put_sent_without_waiting_waits_for_the_queues_per_object_lock(
         m: shoal.SyncManager) -> None:
     """Another process's put into an unbounded queue goes without a reply; inside
-    ``q.locked()`` it must still wait, and that process's later calls wait behind it."""
+    ``q.locked()`` it must still wait (its later calls do not wait for it)."""
     q, d, ready, go = m.Queue(), m.dict(), m.Event(), m.Event()
     p = start(put_then_write, q, d, ready, go)
     assert ready.wait(10)
@@ -1258,6 +1258,104 @@ def test_a_put_sent_without_waiting_waits_for_the_queues_per_object_lock(
     with q.locked():
         go.set()
         time.sleep(0.5)                       # the put and the write were sent meanwhile
-        assert q.qsize() == 0 and "after_put" not in d
+        assert q.qsize() == 0
     join_all([p])
     assert q.get(timeout=5) == "item" and d["after_put"] is True
+
+
+def _put_then_release(q: Any, lk: Any, ready: Any, go: Any, then_die: bool) -> None:
+    q.put("warm-up")                         # (a forked child reconnects on this one)
+    q.put("warm-up")                         # the process asks once whether its puts may go blind
+    lk.acquire()
+    ready.set()
+    go.wait(10)
+    q.put("item")
+    if then_die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    lk.release()
+    time.sleep(600)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("then_die", [False, True])
+def test_a_put_waiting_for_a_queues_lock_holds_back_nothing_else(
+        m: shoal.SyncManager, then_die: bool) -> None:
+    """Its sender's later release, or its death, must reach the server at once: a lock it let
+    go (or held when killed) is free while the put still waits; the put lands afterwards."""
+    q, lk, ready, go = m.Queue(), m.Lock(), m.Event(), m.Event()
+    p = start(_put_then_release, q, lk, ready, go, then_die)
+    assert ready.wait(10)
+    assert [q.get(timeout=5), q.get(timeout=5)] == ["warm-up", "warm-up"]
+    with q.locked():
+        go.set()
+        got, elapsed = timed(lk.acquire, timeout=5)
+        assert got is True and elapsed < DEAD_FREE
+        assert lk.owner_died is then_die
+        assert q.qsize() == 0
+    lk.release()
+    assert q.get(timeout=5) == "item"
+    if not then_die:
+        kill(p)
+    p.join(10)
+
+
+@pytest.mark.timeout(30)
+def test_an_interrupted_condition_wait_that_was_notified_waits_for_the_lock(
+        m: shoal.SyncManager) -> None:
+    """Notified, it queues for the lock; interrupted then, the exception must still wait for the
+    lock, as threading's: the block holds it when the exception goes on."""
+    cond = m.Condition()
+    waiting = threading.Event()
+
+    def notifier() -> None:
+        waiting.wait(5)
+        time.sleep(0.1)
+        with cond:
+            cond.notify()
+            time.sleep(1.0)                  # holds the lock past the interruption
+    t = threading.Thread(target=notifier)
+    t.start()
+    start_at = time.monotonic()
+    with cond:
+        waiting.set()
+        with _interrupted_after(0.5):
+            cond.wait(10)
+        assert time.monotonic() - start_at >= 1.0   # it waited for the notifier's release
+    t.join(5)
+
+
+class _Thing:
+    def hi(self) -> str:
+        return "hi"
+
+
+class _ThingManager(shoal.SyncManager):
+    pass
+
+
+_ThingManager.register("Thing", _Thing)
+
+
+@pytest.mark.timeout(30)
+def test_an_abandoned_get_whose_item_needs_a_call_to_decode_is_given_back() -> None:
+    """The late reply of an abandoned get is read by another thread that holds the reader role
+    (waiting for its own reply): decoding the item (a registered type's proxy asks the server
+    for its methods) must not wait for that thread, and the item must go back at once."""
+    with _ThingManager() as tm:
+        q, ev, thing = tm.Queue(), tm.Event(), tm.Thing()
+        t = threading.Thread(target=ev.wait, args=(20,), daemon=True)
+        t.start()                             # holds the reader role while it waits
+        time.sleep(0.2)
+        conn = q._conn
+        rid = conn._request(q._id, "get", [True, None, 1], None)    # parks: q is empty
+        with conn._cond:                      # its caller gives up (the cancel comes later)
+            conn._abandoned[rid] = (q._id, lambda item: ("_unget", [item]))
+        tm.Queue().put(0)                     # (another call, so the get parked first)
+        q.put(thing)                          # answers the abandoned get
+        deadline = time.monotonic() + 5
+        while q.qsize() == 0:
+            assert time.monotonic() < deadline, "the item was not given back"
+            time.sleep(0.01)
+        assert q.get(timeout=1).hi() == "hi"
+        ev.set()
+        t.join(5)

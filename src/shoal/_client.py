@@ -321,14 +321,17 @@ class Connection:
             pass
 
     def _file(self, rid: int, body: bytes) -> None:
-        """The reader read another thread's reply: hand it over (or settle an abandoned one)."""
+        """The reader read another thread's reply: hand it over, or settle an abandoned one in
+        a thread of its own (decoding it may need a call, which this reader could not make: an
+        AutoProxy asks for its methods; and the reader may wait long for its own reply)."""
         with self._cond:
             gave_up = self._abandoned.pop(rid, None) if self._abandoned else None
             if gave_up is None:
                 self._replies[rid] = body
                 self._cond.notify_all()
                 return
-        self._settle(body, *gave_up)
+        threading.Thread(target=self._settle, args=(body, *gave_up), daemon=True,
+                         name="shoal-undo").start()
 
     def call(self, oid: int, name: str, args: Any = (), kwargs: dict[str, Any] | None = None) -> Any:
         """Call ``name`` on object ``oid`` in the server; return its result or raise its error."""

@@ -135,7 +135,9 @@ class Shared:
         g = self.guard
         if g is None:
             return
-        g.queue = type(g.queue)(q for q in g.queue if q[0] is not conn)
+        # Its requests that wait here go, but for those sent without waiting: they were sent
+        # (a put before the client died still lands when the lock is free).
+        g.queue = type(g.queue)(q for q in g.queue if q[0] is not conn or not q[1])
         if g.owner is conn:
             g.died = not clean
             self.server.unguard(self)

@@ -131,9 +131,6 @@ class Conn:
         self.clean = False        # the client said goodbye: it ended normally
         self.dirty = False
         self.paused = False       # its replies are over the limit: not read until they are out
-        # A request it sent without waiting for the reply waits for a per-object lock: its
-        # next requests wait behind it (not read, its socket out of the loop) until it ran.
-        self.held_back = False
         self.active = False       # it sent something since the server last looked
         self.parked = 0           # its requests whose reply comes later (a blocked acquire...)
         self.events = READ
@@ -177,19 +174,7 @@ class Conn:
     def _want(self, events: int) -> None:
         if events != self.events:
             self.events = events
-            if not self.held_back:
-                self.server.loop.modify(self.fd, events)
-
-    def hold_back(self) -> None:
-        """Read nothing more from this client until ``resume`` (see ``held_back``)."""
-        self.held_back = True
-        self.server.loop.remove(self.fd)
-
-    def resume(self) -> None:
-        if self.closed or self.held_back:
-            return
-        self.server.loop.add(self.fd, self.events, self.on_event)
-        self._run(b"")
+            self.server.loop.modify(self.fd, events)
 
     def __repr__(self) -> str:
         return f"<connection fd={self.fd} pid={self.pid}>"
@@ -324,8 +309,6 @@ class Conn:
             pos = end
             if self.closed:
                 return
-            if self.held_back:
-                break
             if len(out) != count:
                 count = len(out)
                 size += len(out[-1])
@@ -674,16 +657,12 @@ class Server:
         for conn, rid, body in waiting:
             if rid:
                 conn.parked -= 1
-            elif not conn.closed:
-                conn.held_back = False
-                self.handle(conn, rid, body)
-                if not conn.held_back:   # the requests behind it run after these
-                    self.loop.call_soon_threadsafe(conn.resume)
-                continue
-            if not conn.closed:
-                self.handle(conn, rid, body)
-                if conn.out:
-                    conn.mark_dirty()
+                if conn.closed:
+                    continue
+            # (One sent without waiting runs even if its client has gone since: it was sent.)
+            self.handle(conn, rid, body)
+            if conn.out:
+                conn.mark_dirty()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -721,8 +700,6 @@ class Server:
                     conn.involved.add(holder)
                     if rid:
                         conn.parked += 1
-                    else:                # no reply to wait for: its next requests wait
-                        conn.hold_back()
                     return
             self.current, self.current_rid = conn, rid
             fn = type(obj).OPS.get(name)

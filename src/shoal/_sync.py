@@ -106,10 +106,15 @@ class SyncObject(Shared):
             waiters = getattr(self, name)
             for w in waiters:
                 if w.conn is conn and w.rid == rid:
+                    if not self.may_cancel(w):
+                        return True      # it must run: its reply comes when it has
                     waiters.remove(w)
                     w.fail(RuntimeError("cancelled"))
                     return True
         return False
+
+    def may_cancel(self, w: Waiter) -> bool:
+        return True
 
     @staticmethod
     def drop_waiters(waiters: deque[Waiter], conn: Conn) -> None:
@@ -206,6 +211,11 @@ class SLock(SyncObject):
         else:
             self.waiters.append(w)
             w.conn.involved.add(self)
+
+    def may_cancel(self, w: Waiter) -> bool:
+        """Not a Condition's waiter taking the lock back: an interrupted wait ends holding the
+        lock, as threading's."""
+        return bool(w.data[2])
 
     def release_all(self, conn: Conn, tid: int) -> int:
         """Give the lock up entirely (for Condition.wait); return the count to restore."""
