@@ -14,6 +14,7 @@ import pytest
 
 import shoal
 from shoal import DictProxy
+from shoal._syncproxies import IteratorProxy
 
 
 class MathsClass:
@@ -131,3 +132,33 @@ def test_proxies_given_to_server_side_code_arrive_as_proxies() -> None:
         assert d == {i: i for i in range(6)}
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 5        # its own connection does not slow the stop
+
+
+def _counting() -> Any:
+    got = yield 0
+    while True:
+        got = yield got * 2
+
+
+class _GeneratorManager(shoal.SyncManager):
+    pass
+
+
+_GeneratorManager.register("counting", _counting, proxytype=IteratorProxy)
+
+
+@pytest.mark.timeout(60)
+def test_manager_style_errors_and_a_generators_send() -> None:
+    """Code written for Manager catches ConnectionRefusedError when nothing listens and
+    EOFError when the server goes; a generator's proxy has send, throw and close."""
+    with pytest.raises(ConnectionRefusedError):
+        shoal.connect(("127.0.0.1", 9), authkey=b"key")
+    with _GeneratorManager() as gm:
+        it = gm.counting()
+        assert next(it) == 0 and it.send(3) == 6 and it.send(5) == 10
+        it.close()
+        with pytest.raises(StopIteration):
+            next(it)
+        d = gm.dict()
+    with pytest.raises(EOFError):
+        d["k"] = 1

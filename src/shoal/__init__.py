@@ -13,7 +13,8 @@ Example::
         print(d)          # {'test': {1: 1}}
 """
 
-from ._errors import AuthenticationError, ConnectionLost, ProtocolError, RemoteError, ShoalError
+from ._errors import (AuthenticationError, ConnectionLost, ProtocolError, RemoteError,
+                      ServerNotRunning, ShoalError)
 from ._managers import BaseManager, Manager, SyncManager, connect
 from ._patch import patch_multiprocessing
 from ._proxies import (ArrayProxy, BaseProxy, DictProxy, ListProxy, NamespaceProxy, Token,
@@ -23,6 +24,7 @@ __all__ = [
     "Manager", "connect", "BaseManager", "SyncManager", "patch_multiprocessing", "unwrap",
     "pipeline",
     "BaseProxy", "DictProxy", "ListProxy", "NamespaceProxy", "ValueProxy", "ArrayProxy", "Token",
-    "ShoalError", "ConnectionLost", "AuthenticationError", "RemoteError", "ProtocolError",
+    "ShoalError", "ConnectionLost", "ServerNotRunning", "AuthenticationError", "RemoteError",
+    "ProtocolError",
 ]
 __version__ = "0.1.0"

@@ -9,15 +9,22 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.managers
 
-__all__ = ["ShoalError", "ConnectionLost", "AuthenticationError", "RemoteError", "ProtocolError"]
+__all__ = ["ShoalError", "ConnectionLost", "ServerNotRunning", "AuthenticationError", "RemoteError",
+           "ProtocolError"]
 
 
 class ShoalError(Exception):
     """Root of every exception raised by shoal itself."""
 
 
-class ConnectionLost(ShoalError, ConnectionError):
-    """The connection to the server broke (server gone, socket closed, or process forked mid-call)."""
+class ConnectionLost(ShoalError, ConnectionError, EOFError):
+    """The connection to the server broke (server gone, socket closed, or process forked
+    mid-call). Also an ``EOFError``, which Manager raises there."""
+
+
+class ServerNotRunning(ConnectionLost, ConnectionRefusedError):
+    """Nothing accepts connections at the address (``ConnectionRefusedError``, as Manager's
+    ``connect()`` raises it, and ``ConnectionLost``)."""
 
 
 class AuthenticationError(ShoalError, multiprocessing.AuthenticationError):

@@ -253,15 +253,25 @@ class QueueProxy(BaseProxy):
 
 
 class IteratorProxy(BaseProxy):
-    """An iterator living in the server (what ``Pool.imap`` returns)."""
+    """An iterator living in the server (what ``Pool.imap`` returns); a generator's ``send``,
+    ``throw`` and ``close`` too, as Manager's."""
 
-    _exposed_ = ("__next__",)
+    _exposed_ = ("__next__", "send", "throw", "close")
 
     def __iter__(self) -> IteratorProxy:
         return self
 
     def __next__(self) -> Any:
         return self._callmethod("__next__")
+
+    def send(self, value: Any) -> Any:
+        return self._callmethod("send", (value,))
+
+    def throw(self, *args: Any) -> Any:
+        return self._callmethod("throw", args)
+
+    def close(self) -> Any:
+        return self._callmethod("close")
 
 
 class AsyncResultProxy(BaseProxy):

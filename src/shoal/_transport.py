@@ -12,7 +12,7 @@ import ssl
 import tempfile
 from typing import Any, Union
 
-from ._errors import ConnectionLost, ProtocolError
+from ._errors import ConnectionLost, ProtocolError, ServerNotRunning
 from . import _protocol as P
 
 __all__ = ["Address", "parse_address", "listen", "connect", "recv_exact"]
@@ -106,13 +106,23 @@ def connect(address: Address, timeout: float = 10.0, tls: Any = None) -> socket.
             if context is not None:
                 raise ValueError("TLS is for TCP addresses; a Unix socket is already private")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(address)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(address)
+            except BaseException:
+                sock.close()
+                raise
         else:
             sock = socket.create_connection(address, timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if context is not None:
-                sock = context.wrap_socket(sock, server_hostname=address[0])
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if context is not None:
+                    sock = context.wrap_socket(sock, server_hostname=address[0])
+            except BaseException:
+                sock.close()
+                raise
+    except ConnectionRefusedError as e:
+        raise ServerNotRunning(f"cannot connect to the shoal server at {address!r}: {e}") from e
     except OSError as e:
         raise ConnectionLost(f"cannot connect to the shoal server at {address!r}: {e}") from e
     return sock
