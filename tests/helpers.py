@@ -3,12 +3,13 @@ and the helpers the tests use to run them, kill them and time what they wait for
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -114,3 +115,27 @@ def put_then_write(q: Any, d: Any, ready: Any, go: Any) -> None:
     go.wait(10)
     q.put("item")
     d["after_put"] = True
+
+
+# -- a wait interrupted by an exception (a signal handler's, Ctrl-C) -----------------------------
+
+class Alarm(Exception):
+    """What ``interrupted_after`` raises in the main thread."""
+
+
+def _raise_alarm(*_: Any) -> None:
+    raise Alarm()
+
+
+@contextlib.contextmanager
+def interrupted_after(seconds: float) -> Iterator[None]:
+    """Raise Alarm in this (the main) thread after ``seconds``; the block must raise it."""
+    import pytest
+    old = signal.signal(signal.SIGALRM, _raise_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        with pytest.raises(Alarm):
+            yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

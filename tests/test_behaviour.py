@@ -28,8 +28,8 @@ import pytest
 import shoal
 
 from . import helpers
-from .helpers import (cas_many, get_forever, hold_locked, in_thread, incr_many, join_all, kill,
-                      locked_many, set_event_later, timed)
+from .helpers import (cas_many, get_forever, hold_locked, in_thread, incr_many,
+                      interrupted_after, join_all, kill, locked_many, set_event_later, timed)
 from .redis_server import redis_url  # noqa: F401  (the fixture)
 
 LEASE = 2.0          # s: the Redis manager's lease in these tests (the default is 10)
@@ -750,31 +750,15 @@ def test_redis_lost_lease_is_reported_on_release(redis_m: Any) -> None:
 
 # -- found by review: interrupted waits, a busy barrier, keys and values at the edges -----------
 
-class _Alarm(Exception):
-    pass
-
-
-def _raise_alarm(*_: Any) -> None:
-    raise _Alarm()
-
-
 @pytest.mark.timeout(30)
 def test_an_interrupted_condition_wait_takes_the_lock_back_and_leaves_the_queue(sm: Any) -> None:
     """As threading's: the exception goes on with the lock held, and a later notify goes to a
     thread that waits, not to the interrupted wait."""
-    import signal
     c = sm.Condition()
-    old = signal.signal(signal.SIGALRM, _raise_alarm)
-    try:
-        with c:
-            signal.setitimer(signal.ITIMER_REAL, 0.2)
-            with pytest.raises(_Alarm):
-                c.wait(5)
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        # (leaving the block released the lock: it was held again, or that raised)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    with c:
+        with interrupted_after(0.2):
+            c.wait(5)
+    # (leaving the block released the lock: it was held again, or that raised)
     t, out = in_thread(lambda: (c.acquire(), c.wait(5), c.release())[1])
     time.sleep(0.3)                                    # the thread waits
     with c:

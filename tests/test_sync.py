@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -24,8 +23,9 @@ import pytest
 import shoal
 from shoal._loop import Loop
 
-from .helpers import (cas_many, get_forever, hold_locked, in_thread, incr_many, join_all, kill,
-                      locked_many, put_then_write, set_event_later, start, timed)
+from .helpers import (cas_many, get_forever, hold_locked, in_thread, incr_many,
+                      interrupted_after, join_all, kill, locked_many, put_then_write,
+                      set_event_later, start, timed)
 
 LATE = 0.05          # s: how late a timeout or a wake-up may be
 DEAD_FREE = 1.0      # s: how soon what a killed process held must be free again
@@ -1175,36 +1175,15 @@ def test_cancelled_timers_do_not_pile_up() -> None:
 
 # -- a wait interrupted by an exception (a signal handler's, Ctrl-C) -------------------------------
 
-class _Alarm(Exception):
-    pass
-
-
-def _raise_alarm(*_: Any) -> None:
-    raise _Alarm()
-
-
-@contextmanager
-def _interrupted_after(seconds: float) -> Iterator[None]:
-    """Raise _Alarm in this (the main) thread after ``seconds``; expect it in the block."""
-    old = signal.signal(signal.SIGALRM, _raise_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        with pytest.raises(_Alarm):
-            yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.timeout(30)
 def test_an_interrupted_acquire_does_not_take_the_lock_later(m: shoal.SyncManager) -> None:
     lk, sem, release = m.Lock(), m.Semaphore(0), threading.Event()
     t, _ = in_thread(lambda: (lk.acquire(), release.wait(10), lk.release()))
     while not lk.locked():                   # another thread of this process holds it
         time.sleep(0.01)
-    with _interrupted_after(0.2):
+    with interrupted_after(0.2):
         lk.acquire()
-    with _interrupted_after(0.2):
+    with interrupted_after(0.2):
         sem.acquire()
     release.set()
     t.join(5)
@@ -1217,12 +1196,12 @@ def test_an_interrupted_acquire_does_not_take_the_lock_later(m: shoal.SyncManage
 @pytest.mark.timeout(30)
 def test_an_interrupted_get_does_not_swallow_the_next_item(m: shoal.SyncManager) -> None:
     q, full = m.Queue(), m.Queue(maxsize=1)
-    with _interrupted_after(0.2):
+    with interrupted_after(0.2):
         q.get()
     q.put("item")
     assert q.get(timeout=2) == "item"
     full.put(1)
-    with _interrupted_after(0.2):
+    with interrupted_after(0.2):
         full.put(2)                          # waits for room; dropped when interrupted
     assert full.get(timeout=2) == 1 and full.qsize() == 0
 
@@ -1318,7 +1297,7 @@ def test_an_interrupted_condition_wait_that_was_notified_waits_for_the_lock(
     start_at = time.monotonic()
     with cond:
         waiting.set()
-        with _interrupted_after(0.5):
+        with interrupted_after(0.5):
             cond.wait(10)
         assert time.monotonic() - start_at >= 1.0   # it waited for the notifier's release
     t.join(5)

@@ -224,8 +224,9 @@ def _items(x: Any) -> Any:
     raise TypeError(f"'{type(x).__name__}' object is not iterable")
 
 
-def _pair(pair: Any, i: int) -> tuple[Any, Any]:
-    """Element ``i`` of a dict's update sequence as (key, value), with Python's errors."""
+def update_pair(pair: Any, i: int) -> tuple[Any, Any]:
+    """Element ``i`` of a dict's update sequence as (key, value), with Python's errors (any
+    iterable of two: a shared list too, here or a Redis one on the client)."""
     if isinstance(pair, (SList, SDict)):
         pair = list(pair.data)
     try:
@@ -266,7 +267,7 @@ class SDict(Shared):
             elif type(a) is dict:
                 data = a
             else:
-                data = dict(_pair(pair, i) for i, pair in enumerate(_items(a)))
+                data = dict(update_pair(pair, i) for i, pair in enumerate(_items(a)))
         return cls(server, {**data, **kw} if kw else data)
 
     # Equal to a dict (shared or plain) with the same items, as the dict it stands for is:
@@ -375,7 +376,7 @@ class SDict(Shared):
             pairs = _items(other)
         new = {}
         for i, pair in enumerate(pairs):
-            k, v = _pair(pair, i)
+            k, v = update_pair(pair, i)
             new[k] = share(v, self)
         for k, v in kw.items():
             new[k] = share(v, self)

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .._objects import update_pair
 from .._proxies import DictProxy, ListProxy, NamespaceProxy, Token, ValueProxy
 from .._proxies import ObjectLockContext as _CoreLockContext
 from ._backend import Backend, Plan, Spec, get_backend
@@ -277,17 +278,7 @@ def _pairs(other: Any, kw: dict[str, Any] | None) -> list[tuple[Any, Any]]:
     if isinstance(other, (Mapping, DictProxy)):
         pairs = list(other.items())
     else:
-        pairs = []
-        for i, pair in enumerate(other):
-            try:
-                k, v = pair       # any iterable of two, a shared list included, as dict() takes
-            except TypeError:
-                raise TypeError(f"cannot convert dictionary update sequence element #{i} to a "
-                                f"sequence") from None
-            except ValueError:
-                raise ValueError(f"dictionary update sequence element #{i} has length "
-                                 f"{len(pair)}; 2 is required") from None
-            pairs.append((k, v))
+        pairs = [update_pair(pair, i) for i, pair in enumerate(other)]
     if kw:
         pairs.extend(kw.items())
     return pairs
