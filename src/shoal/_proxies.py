@@ -182,12 +182,19 @@ class BaseProxy:
 def _rebuild(cls: type[BaseProxy], token: Token, authkey: bytes | None,
              exposed: Any = None, serializer: str = "pickle", tls: Any = None,
              instance: bytes | None = None) -> BaseProxy:
+    authkey = _unpickled_here(token, authkey, serializer, tls, instance)
+    return cls(token, serializer, authkey=authkey, exposed=exposed, tls=tls)
+
+
+def _unpickled_here(token: Token, authkey: bytes | None, serializer: str, tls: Any,
+                    instance: bytes | None) -> bytes:
+    """The authkey a proxy unpickled in this process uses; its object must still be there."""
     if authkey is None:
         authkey = bytes(process.current_process().authkey)
-    if instance is not None:        # the object must still be there
+    if instance is not None:
         _same_objects(get_connection(token.address, bytes(authkey), serializer, tls),
                       instance, token)
-    return cls(token, serializer, authkey=authkey, exposed=exposed, tls=tls)
+    return authkey
 
 
 def _same_objects(conn: Connection, instance: bytes, token: Token) -> None:
@@ -827,11 +834,7 @@ def AutoProxy(token: Token, serializer: Any = None, manager: Any = None, authkey
 def _rebuild_auto(token: Token, authkey: bytes | None, exposed: Any, serializer: str,
                   tls: Any = None, instance: bytes | None = None) -> BaseProxy:
     """An AutoProxy from a pickle: its class is made on the fly, so the pickle names this."""
-    if authkey is None:
-        authkey = bytes(process.current_process().authkey)
-    if instance is not None:
-        _same_objects(get_connection(token.address, bytes(authkey), serializer, tls),
-                      instance, token)
+    authkey = _unpickled_here(token, authkey, serializer, tls, instance)
     cls = make_proxy_type(f"AutoProxy[{token.typeid}]", exposed, auto=True)
     return cls(token, serializer, authkey=authkey, exposed=exposed, tls=tls)
 
