@@ -427,11 +427,8 @@ class SList(Shared):
     __hash__ = Shared.__hash__
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, SList):
-            return self.data == other.data
-        if type(other) is list:
-            return self.data == other
-        return NotImplemented
+        o = self._other(other)
+        return NotImplemented if o is None else self.data == o
 
     def _other(self, other: object) -> Any:
         if isinstance(other, SList):
