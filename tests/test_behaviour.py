@@ -857,3 +857,15 @@ def test_redis_releasing_after_the_lease_lapsed_raises_and_gives_nothing_twice(
     finally:
         m.purge()
         m.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_an_interrupted_barrier_wait_leaves_its_place(sm: Any) -> None:
+    """As threading's: the party that got the exception is no longer counted, so a lone later
+    party does not pass for two."""
+    b = sm.Barrier(2)
+    with interrupted_after(0.3):
+        b.wait(10)
+    assert b.n_waiting == 0 and not b.broken
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(0.5)                            # alone: it times out, as threading's would

@@ -490,6 +490,7 @@ class SBarrier(SyncObject):
     """threading.Barrier; the action runs in the client whose arrival fills the barrier."""
 
     __slots__ = ("parties", "action", "default_timeout", "waiters", "broken", "running_action")
+    CANCELLABLE = ("waiters",)     # an interrupted party leaves, as threading's does
     typeid = "Barrier"
 
     def __init__(self, server: Server, parties: int, action: Any = None,

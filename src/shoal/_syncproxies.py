@@ -170,7 +170,7 @@ class BarrierProxy(BaseProxy):
     A party that dies while waiting breaks it, as a failing thread does."""
 
     def wait(self, timeout: float | None = None) -> int:
-        r = self._call_may_wait("wait", timeout, get_ident())
+        r = self._call_may_wait("wait", timeout, get_ident(), undo=_ran_stands)
         if type(r) is list:          # ["action", index, action]: we are the last to arrive
             _, index, action = r
             try:
@@ -201,8 +201,9 @@ class BarrierProxy(BaseProxy):
         return self._call("_state")[2]  # type: ignore[no-any-return]
 
 
-def _put_stands(_: Any) -> None:
-    """A put whose caller gave up is dropped while it waits; one that ran stands."""
+def _ran_stands(_: Any) -> None:
+    """A put (or a Barrier's wait) whose caller gave up is dropped while it waits; one that
+    ran stands."""
     return None
 
 
@@ -217,7 +218,7 @@ class QueueProxy(BaseProxy):
             # any later call of this process. (An item that cannot be encoded raises here.)
             conn.send(self._id, "put_nowait", [item])
         else:
-            self._call_may_wait("put", item, block, timeout, get_ident(), undo=_put_stands)
+            self._call_may_wait("put", item, block, timeout, get_ident(), undo=_ran_stands)
 
     def _puts_cannot_fail(self, conn: Any) -> bool:
         known = conn.puts_cannot_fail

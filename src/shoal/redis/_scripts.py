@@ -1104,6 +1104,16 @@ OPS.bdone = function()
   if ARGV[3] == '1' then barrier_pass() else barrier_break() end
   return {0}
 end
+-- bleave: gen. A waiter interrupted by an exception leaves its place (as threading's does),
+-- unless its generation has ended meanwhile.
+OPS.bleave = function()
+  if (call('HGET', K, 'gen') or '0') ~= ARGV[3] then return {0} end
+  if call('SREM', K .. ':parties', HOLDER) == 1 then
+    call('HINCRBY', K, 'count', -1)
+    call('SREM', K .. ':waiters', HOLDER)
+  end
+  return {0}
+end
 OPS.babort = function()
   barrier_break()
   return {0}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pickle
 import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -322,15 +323,23 @@ class RedisBarrierProxy(_SyncProxy, BarrierProxy):
         if r[0] == OK:
             return r[1]  # type: ignore[no-any-return]
         index, gen = r[2], r[3]
-        while True:
-            left = remaining(deadline)
-            if left is not None and left <= 0:
-                self._try("bcheck", gen, "1")
-                return index  # type: ignore[no-any-return]
-            b.wait(b.holder(), b.wait_bound(int(b.lease * 500), left))
-            r = self._try("bcheck", gen, "0")
-            if r[0] == OK:
-                return index  # type: ignore[no-any-return]
+        try:
+            while True:
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    self._try("bcheck", gen, "1")
+                    return index  # type: ignore[no-any-return]
+                b.wait(b.holder(), b.wait_bound(int(b.lease * 500), left))
+                r = self._try("bcheck", gen, "0")
+                if r[0] == OK:
+                    return index  # type: ignore[no-any-return]
+        except BaseException as e:
+            if not isinstance(e, threading.BrokenBarrierError):
+                try:                  # interrupted: leave the barrier, as threading's does
+                    self._try("bleave", gen)
+                except Exception:
+                    pass
+            raise
 
     def abort(self) -> None:
         self._try("babort")
