@@ -130,12 +130,10 @@ class BaseProxy:
         what this process dropped is released with it, not with its next call, which may
         come much later. With ``undo``, an exception that interrupts the wait cancels the
         call in the server, or undoes it if it ran (``Connection.call_may_wait``)."""
-        conn = self._conn
-        if conn.closed:
-            conn = self._reconnect()
-        conn.release_dropped()
+        self._conn.release_dropped()
         if undo is None:
-            return conn.call(self._id, name, args)
+            return self._call(name, *args)
+        conn = self._conn if not self._conn.closed else self._reconnect()
         return conn.call_may_wait(self._id, name, args, undo)
 
     def _callmethod(self, methodname: str, args: Iterable[Any] = (),

@@ -375,14 +375,14 @@ class Conn:
             body = self.encode([P.REPLY_OK, value])
         except Exception as e:
             body = self.encode_error(e)
-        self._send_after_journal(rid, HEADER.pack(len(body), rid) + body)
+        self._send_late(rid, HEADER.pack(len(body), rid) + body)
 
-    def _send_after_journal(self, rid: int, frame: bytes) -> None:
+    def _send_late(self, rid: int, frame: bytes, after_journal: bool = True) -> None:
         """Queue a reply that comes later than its request; while the journal has records not
         yet committed it waits for them (a put that a get let in, a waiter woken by a write:
         what it tells of may not be on disk yet)."""
         server = self.server
-        if server.store is not None and server.store.buffer:
+        if after_journal and server.store is not None and server.store.buffer:
             server.held.append((self, rid, frame))
         else:
             self.out.append(frame)
@@ -397,12 +397,8 @@ class Conn:
         if parked and self.parked:
             self.parked -= 1
         body = self.encode_error(e, custom)
-        frame = HEADER.pack(len(body), rid) + body
-        if parked:
-            self._send_after_journal(rid, frame)
-        else:                               # the commit failed: it goes out now
-            self.out.append(frame)
-            self.mark_dirty()
+        # (not parked: the commit it waited for failed, and this says so now)
+        self._send_late(rid, HEADER.pack(len(body), rid) + body, after_journal=parked)
 
     def encode_error(self, e: BaseException, custom: bool = False) -> bytes:
         encode = self.encode
@@ -528,8 +524,7 @@ class Server:
         # id -> weak reference; an entry goes when its object is freed.
         self.objects: dict[int, weakref.ref[Shared]] = {}
         self._next_oid = 0
-        self._restoring = False
-        self._restored: list[Shared] = []     # every object, while a restore runs
+        self._restored: list[Shared] | None = None   # while a restore runs: every object
         self.conns: set[Conn] = set()
         self.dirty: list[Conn] = []
         self.current: Conn | None = None      # the connection whose request is running
@@ -587,7 +582,7 @@ class Server:
         self._next_oid = oid + 1
         objects = self.objects
         objects[oid] = weakref.ref(obj, lambda _, oid=oid: objects.pop(oid, None))
-        if self._restoring:
+        if self._restored is not None:
             self._restored.append(obj)
         return oid
 
@@ -601,7 +596,7 @@ class Server:
     def _restore_ref(self, oid: int, typeid: str) -> Shared | None:
         """A reference in the data files: the object, or None for one that was not kept."""
         obj = self.get(oid)
-        if obj is None and not self._restoring:
+        if obj is None and self._restored is None:
             raise ReferenceError(f"shared {typeid} #{oid} no longer exists")
         return obj
 
@@ -942,9 +937,7 @@ class Server:
         # objects clients held through proxies (a container taken out of its parent and put
         # back later, or made before a snapshot and stored after it), only what they did.
         # What is not reachable from the root at the end is freed then.
-        keep = self._restored
-        keep.append(self.root)
-        self._restoring = True
+        keep = self._restored = [self.root]
         try:
             states = []
             plain = Codec().decode
@@ -999,7 +992,7 @@ class Server:
             log.info("restored %d objects from the snapshot and %d journal records",
                      len(states), replayed)
         finally:
-            self._restoring = False
+            self._restored = None
             keep.clear()
 
     def custom_call(self, obj: SCustom, name: str) -> Callable[..., Any]:
