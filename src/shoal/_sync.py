@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from ._objects import OWNER_DIED, PENDING, Shared, op
 
 if TYPE_CHECKING:
-    from ._server import Conn, Server
+    from ._conn import Conn
+    from ._server import Server
 
 __all__ = ["SLock", "SRLock", "SSemaphore", "SBoundedSemaphore", "SCondition", "SEvent",
            "SBarrier", "SQueue", "SJoinableQueue", "OWNER_DIED", "SYNC_TYPES"]

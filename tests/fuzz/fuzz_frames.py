@@ -40,7 +40,8 @@ import msgpack
 
 from shoal import _protocol as P
 from shoal._loop import READ
-from shoal._server import Conn, Server
+from shoal._conn import Conn
+from shoal._server import Server
 
 __all__ = ["FRAMED", "KEY", "PRE_AUTH", "RAW", "TestOneInput", "frame_input"]
 
