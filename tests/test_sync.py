@@ -174,6 +174,21 @@ def test_lock_acquire_release(m: shoal.SyncManager) -> None:
     lk.release()
 
 
+def test_str_of_a_sync_proxy_tells_its_state(m: shoal.SyncManager) -> None:
+    # Manager's str() shows the referent's repr; shoal's had no repr to show for these.
+    lock, event = m.Lock(), m.Event()
+    assert "held=False" in str(lock)
+    with lock:
+        assert "held=True" in str(lock) and f"holder_pid={os.getpid()}" in str(lock)
+    assert "set=False" in str(event)
+    event.set()
+    assert "set=True" in str(event)
+    q = m.Queue()
+    q.put(1)
+    assert "items=1" in str(q) and "Queue" in str(q)
+    assert "parties=2" in str(m.Barrier(2)) and "value=3" in str(m.Semaphore(3))
+
+
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("timeout", [0, 0.1, 0.3])
 def test_lock_timeout_is_honoured(m: shoal.SyncManager, timeout: float) -> None:
@@ -1221,6 +1236,10 @@ def test_a_call_that_ran_before_its_caller_gave_up_is_undone(m: shoal.SyncManage
         time.sleep(0.2)                      # it ran: its reply waits in the socket, unread
         conn._abandon(rid, proxy._id, undo)
     assert lk.locked() in (True, False)      # reads the late replies, which settle them
+    # (each in a thread of its own: give them a moment)
+    deadline = time.monotonic() + 5
+    while (lk.locked() or q.qsize() < 2) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert lk.locked() is False
     assert [q.get(timeout=1), q.get(timeout=1)] == ["first", "second"]
 

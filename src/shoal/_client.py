@@ -47,7 +47,7 @@ _NONE_BODY = Codec().encode([P.REPLY_OK, None])
 _NONE = (P.REPLY_OK, None)
 
 # typeid -> proxy class, filled by the proxies module and by managers' register().
-proxy_types: dict[str, Callable[..., Any]] = {}
+proxy_types: dict[str, Any] = {}     # typeid -> proxy class (with ``_from_ref``)
 # Called as factory(connection, oid, typeid) for a typeid nobody registered.
 default_proxy_factory: list[Callable[..., Any]] = []
 
@@ -64,7 +64,7 @@ class Connection:
         self.authkey = bytes(authkey)
         # What each proxy of this connection keeps (set in one step: proxies are made often).
         self.proxy_attrs = {"_conn": self, "_address": address, "_serializer": serializer,
-                            "_authkey": process.AuthenticationString(authkey)}
+                            "_authkey": process.AuthenticationString(authkey)}  # type: ignore[attr-defined]
         self.stale = False
         self.closed = False
         self.pid = os.getpid()
@@ -582,7 +582,7 @@ def _rebuild_error(name: str, args: list[Any], message: str) -> BaseException:
     if cls is None:
         return RemoteError(message)
     try:
-        return cls(*args)  # type: ignore[no-any-return]
+        return cls(*args)
     except Exception:
         return RemoteError(message)
 

@@ -39,7 +39,7 @@ MAX_EXT_DEPTH = 100
 _REF_CACHE = 4096    # encoded references kept per codec (the same objects are sent again and again)
 
 
-def _ext(code: int, data: bytes) -> ExtType:
+def _ext(code: int, data: bytes) -> Any:
     # msgpack's ExtType() checks its arguments in Python, which costs more than the rest of
     # encoding a tuple; ours are an int code and bytes by construction.
     return tuple.__new__(ExtType, (code, data))
@@ -122,7 +122,7 @@ class Codec:
         self._tuples_as_lists = tuples_as_lists
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
         self._local = threading.local()
-        self._refs: dict[tuple[int, str], ExtType] = {}
+        self._refs: dict[tuple[int, str], Any] = {}     # of ExtType
 
     def encode(self, obj: Any) -> bytes:
         """Encode one value. Not thread-safe: the caller serialises use of one Codec."""

@@ -348,7 +348,7 @@ class Conn:
     def flush(self) -> None:
         """Write what waits, without copying a large backlog: a few buffers per call (sendmsg,
         or one joined chunk under TLS), until the socket is full or nothing is left."""
-        parts = self.pending + self.out if self.pending else self.out
+        parts: list[Any] = self.pending + self.out if self.pending else self.out
         if not parts or self.closed:
             return
         self.out = []

@@ -16,7 +16,7 @@ import os
 import signal
 from collections.abc import Callable
 from multiprocessing import process, util
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from . import _client
 from ._client import get_connection
@@ -94,7 +94,7 @@ class BaseManager:
         self._persist = os.fspath(persist) if persist is not None else None
         self._fsync = fsync
         self._address: Address | None = parse_address(address) if address is not None else None
-        self._authkey = process.AuthenticationString(authkey)
+        self._authkey = process.AuthenticationString(authkey)  # type: ignore[attr-defined]
         if serializer not in ("pickle", "xmlrpclib"):
             raise ValueError(f"serializer must be 'pickle' or 'xmlrpclib', not {serializer!r}")
         self._serializer = serializer
@@ -256,7 +256,7 @@ class BaseManager:
             if not self._process.is_alive():
                 self._process = None
 
-    def __enter__(self) -> BaseManager:
+    def __enter__(self) -> Self:
         if self._state.value == INITIAL:
             self.start()
         if self._state.value != STARTED:
@@ -334,6 +334,21 @@ def _listable(x: Any, address: Any) -> Any:
 class SyncManager(BaseManager):
     """A manager with the built-in shared types (dict, list, Namespace, Value, Array, Lock,
     RLock, Semaphore, BoundedSemaphore, Condition, Event, Barrier, Queue, JoinableQueue, Pool)."""
+
+    if TYPE_CHECKING:      # made by register() below; declared here for type checkers
+        def Namespace(self, **kwds: Any) -> NamespaceProxy: ...
+        def Value(self, typecode: Any, value: Any, lock: Any = True) -> ValueProxy: ...
+        def Lock(self) -> LockProxy: ...
+        def RLock(self) -> RLockProxy: ...
+        def Semaphore(self, value: int = 1) -> SemaphoreProxy: ...
+        def BoundedSemaphore(self, value: int = 1) -> SemaphoreProxy: ...
+        def Condition(self, lock: Any = None) -> ConditionProxy: ...
+        def Event(self) -> EventProxy: ...
+        def Barrier(self, parties: int, action: Any = None,
+                    timeout: float | None = None) -> BarrierProxy: ...
+        def Queue(self, maxsize: int = 0) -> QueueProxy: ...
+        def JoinableQueue(self, maxsize: int = 0) -> QueueProxy: ...
+        def Pool(self, processes: int | None = None, *args: Any, **kwds: Any) -> PoolProxy: ...
 
     def dict(self, *args: Any, **kwds: Any) -> DictProxy:
         """A new shared dict, made as ``dict(*args, **kwds)`` would be."""

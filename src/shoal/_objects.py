@@ -9,6 +9,7 @@ nested container is another shared object stored directly in its parent.
 from __future__ import annotations
 
 import array
+import builtins
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -741,7 +742,7 @@ class SCustom(Shared):
         return self.obj
 
     @op("_exposed")
-    def get_exposed(self) -> list[str]:
+    def get_exposed(self) -> list[builtins.str]:
         return sorted(self.exposed)
 
 

@@ -36,17 +36,13 @@ def patch_multiprocessing(nested: str = "copy") -> None:
         m.start()
         return m
 
-    managers.BaseManager = base  # type: ignore[misc]
-    managers.SyncManager = sync  # type: ignore[misc]
-    managers.BaseProxy = _proxies.BaseProxy  # type: ignore[misc]
-    managers.AutoProxy = _proxies.AutoProxy
-    managers.MakeProxyType = _proxies.make_proxy_type
-    managers.DictProxy = _proxies.DictProxy  # type: ignore[misc]
-    managers.ListProxy = _proxies.ListProxy  # type: ignore[misc]
-    managers.ArrayProxy = _proxies.ArrayProxy  # type: ignore[assignment]
-    managers.NamespaceProxy = _proxies.NamespaceProxy  # type: ignore[misc]
-    managers.ValueProxy = _proxies.ValueProxy  # type: ignore[misc]
-    managers.Token = _proxies.Token  # type: ignore[misc]
-    managers.RemoteError = RemoteError  # type: ignore[misc]
+    for name, value in {
+        "BaseManager": base, "SyncManager": sync, "BaseProxy": _proxies.BaseProxy,
+        "AutoProxy": _proxies.AutoProxy, "MakeProxyType": _proxies.make_proxy_type,
+        "DictProxy": _proxies.DictProxy, "ListProxy": _proxies.ListProxy,
+        "ArrayProxy": _proxies.ArrayProxy, "NamespaceProxy": _proxies.NamespaceProxy,
+        "ValueProxy": _proxies.ValueProxy, "Token": _proxies.Token, "RemoteError": RemoteError,
+    }.items():
+        setattr(managers, name, value)
     multiprocessing.context.BaseContext.Manager = Manager  # type: ignore[method-assign]
-    multiprocessing.Manager = Manager.__get__(multiprocessing.context._default_context)  # type: ignore[attr-defined]
+    multiprocessing.Manager = Manager.__get__(multiprocessing.context._default_context)

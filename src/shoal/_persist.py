@@ -174,7 +174,8 @@ class Store:
             gen = head(bodies[0])[2]
             self.snapshot_size = os.path.getsize(snapshot)
             snap = bodies[1:-1]
-        journals, stale = [], []
+        journals: list[int] = []
+        stale: list[int | str] = []
         for name in os.listdir(self.dir):
             kind, _, rest = name.partition(".")
             if kind == "journal" and rest.isdigit():
@@ -209,7 +210,7 @@ class Store:
             self._fsync_dir()    # the snapshot's rename is on disk before what it replaced goes
         for old in stale:    # journals older than the snapshot (a crash between renaming it and
             try:             # removing them), and unfinished snapshots
-                os.unlink(self._journal_path(old) if type(old) is int
+                os.unlink(self._journal_path(old) if isinstance(old, int)
                           else os.path.join(self.dir, old))
             except OSError:
                 pass

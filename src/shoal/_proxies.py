@@ -62,6 +62,12 @@ class BaseProxy:
 
     _exposed_: tuple[str, ...] | None = None
     _conn: Connection
+    _address: Address
+    _authkey: bytes
+    _serializer: str
+    _instance: bytes
+    _token: Token
+    _id: int
     _manager: Any = None
     _tracked = False
 
@@ -74,7 +80,7 @@ class BaseProxy:
             serializer = getattr(manager, "_serializer", "pickle")
         if tls is None and manager is not None:
             tls = getattr(manager, "_tls", None)
-        conn = get_connection(token.address, bytes(authkey), serializer, tls)  # type: ignore[arg-type]
+        conn = get_connection(token.address, bytes(authkey), serializer, tls)
         self._setup(token, conn, manager, exposed, incref)
 
     def _setup(self, token: Token, conn: Connection, manager: Any, exposed: Any,
@@ -295,7 +301,7 @@ class DictProxy(BaseProxy, MutableMapping[Any, Any]):
         return self._call("__iter__")  # type: ignore[no-any-return]  # a ChunkedIterator
 
     def __reversed__(self) -> Iterator[Any]:
-        return reversed(self._call("keys"))
+        return reversed(self.keys())  # type: ignore[no-any-return]
 
     def keys(self) -> list[Any]:  # type: ignore[override]
         """The keys, as a list (one round trip; Manager gives a list too)."""
@@ -323,7 +329,7 @@ class DictProxy(BaseProxy, MutableMapping[Any, Any]):
     def setdefault(self, key: Any, default: Any = None) -> Any:
         return self._call("setdefault", key, default)
 
-    def update(self, other: Any = (), /, **kw: Any) -> None:  # type: ignore[override]
+    def update(self, other: Any = (), /, **kw: Any) -> None:
         other = _wire_iterable(other, self)
         if kw:
             self._callmethod("update", [other], kw)
@@ -358,7 +364,7 @@ class DictProxy(BaseProxy, MutableMapping[Any, Any]):
     def __ror__(self, other: Any) -> dict[Any, Any]:
         return other | self.copy()  # type: ignore[no-any-return]
 
-    def __ior__(self, other: Any) -> DictProxy:  # type: ignore[override,misc]
+    def __ior__(self, other: Any) -> DictProxy:
         self.update(other)
         return self
 
@@ -398,7 +404,7 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
         return self._call("__iter__")  # type: ignore[no-any-return]  # a ChunkedIterator
 
     def __reversed__(self) -> Iterator[Any]:
-        return reversed(self._call("__getitem__", slice(None)))
+        return reversed(self._call("__getitem__", slice(None)))  # type: ignore[no-any-return]
 
     def insert(self, index: int, value: Any) -> None:
         self._call("insert", index, value)
@@ -441,7 +447,7 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
         """A plain, deep, local copy."""
         return self._call("copy")  # type: ignore[no-any-return]
 
-    def __iadd__(self, values: Iterable[Any]) -> ListProxy:  # type: ignore[override,misc]
+    def __iadd__(self, values: Iterable[Any]) -> ListProxy:  # type: ignore[misc]
         self.extend(values)
         return self
 

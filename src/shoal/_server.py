@@ -71,7 +71,7 @@ def _die_with_parent() -> None:
 
 
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-_DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
+_DICT_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
 _CUSTOM_THREADS = 1024     # registered types' calls running at once (threads made as needed)
 _GROUP_WAIT = 0.0002      # the longest a commit waits for more clients to join its group
 
@@ -199,7 +199,7 @@ class Server:
         oid = self._next_oid
         self._next_oid = oid + 1
         objects = self.objects
-        objects[oid] = weakref.ref(obj, lambda _, oid=oid: objects.pop(oid, None))
+        objects[oid] = weakref.ref(obj, _forget(objects, oid))
         if self._restored is not None:
             self._restored.append(obj)
         return oid
@@ -571,8 +571,7 @@ class Server:
                     Shared.__init__(obj, self)
                     self.objects.pop(obj.oid, None)
                     obj.oid = oid
-                    self.objects[oid] = weakref.ref(
-                        obj, lambda _, oid=oid, objects=self.objects: objects.pop(oid, None))
+                    self.objects[oid] = weakref.ref(obj, _forget(self.objects, oid))
                 obj.parent = parent
                 keep.append(obj)
                 states.append((obj, state))
@@ -665,7 +664,9 @@ class Server:
         made.append(proxy)
         return proxy
 
-    def _custom_done(self, conn: Conn, rid: int, result: Any, typeid: str | None) -> None:
+    def _custom_done(self, conn: Conn | None, rid: int, result: Any, typeid: str | None) -> None:
+        if conn is None:
+            return
         if typeid is not None:
             result = self.wrap(result, typeid)
         elif type(result) in _DICT_VIEWS:
@@ -903,6 +904,11 @@ class Server:
             holders = sum(1 for c in self.conns if oid in c.handles)
             lines.append(f"  {obj.describe()}: size={obj.size()} held by {holders} connection(s)")
         return "\n".join(lines)
+
+
+def _forget(objects: dict[int, Any], oid: int) -> Callable[[Any], None]:
+    """The callback that drops ``oid`` from the object table once its object is freed."""
+    return lambda _: objects.pop(oid, None)
 
 
 def _identity(value: Any, parent: Any = None) -> Any:

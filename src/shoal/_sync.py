@@ -72,6 +72,16 @@ def timeout_value(value: Any, negative: str) -> float | None:
 class SyncObject(Shared):
     __slots__ = ()
 
+    @op("__repr__")
+    def repr(self) -> str:
+        """What ``str(proxy)`` shows (Manager's shows its referent's repr): the state."""
+        state = "".join(f" {k}={v!r}" for k, v in self.repr_state().items()
+                        if v is not None and k != "held_for")
+        return f"<shoal {self.typeid} #{self.oid}{state}>"
+
+    def repr_state(self) -> dict[str, Any]:
+        return self.inspect() if hasattr(self, "inspect") else {}
+
     def park(self, waiters: deque[Waiter], tid: int, data: Any, timeout: float | None,
              on_timeout: Callable[[Waiter], None]) -> Any:
         server = self.server
@@ -234,8 +244,9 @@ class SLock(SyncObject):
         return self.owner is not None
 
     def inspect(self) -> dict[str, Any]:
-        held = self.owner is not None
-        return {"holder_pid": self.owner[0].pid if held and self.owner[0] is not None else None,
+        owner = self.owner
+        held = owner is not None
+        return {"holder_pid": owner[0].pid if owner is not None and owner[0] is not None else None,
                 "held": held, "held_for": self.since if held else None,
                 "depth": self.count, "waiting": len(self.waiters)}
 
@@ -459,6 +470,9 @@ class SEvent(SyncObject):
     def restore(self, state: Any) -> None:
         self.flag = bool(state[0])
         self.waiters = deque()
+
+    def repr_state(self) -> dict[str, Any]:
+        return {"set": self.flag, "waiting": len(self.waiters)}
 
     @op("is_set")
     def is_set(self) -> bool:

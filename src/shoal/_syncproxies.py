@@ -84,7 +84,7 @@ class _OwnedLock(AcquirerProxy):
 class LockProxy(_OwnedLock):
     """A shared ``threading.Lock``; only its holder (process and thread) may release it."""
 
-    def locked(self) -> bool:
+    def locked(self) -> bool:  # type: ignore[override]  # threading.Lock's, not BaseProxy's
         return self._call("locked")  # type: ignore[no-any-return]
 
 
@@ -225,7 +225,7 @@ class QueueProxy(BaseProxy):
         answer = known.get(self._id)
         if answer is None:
             answer = known[self._id] = bool(self._call("_puts_cannot_fail"))
-        return answer
+        return bool(answer)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         return self._call_may_wait("get", block, timeout, get_ident(),
@@ -304,7 +304,7 @@ class PoolProxy(BaseProxy):
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.terminate()
+        self._callmethod("terminate")
 
 
 def _forward(name: str) -> Any:

@@ -473,7 +473,7 @@ def _has_nan(value: Any) -> bool:
     """Does ``value`` hold a NaN (which equals nothing, its own bytes' copy included)?"""
     t = type(value)
     if t is float:
-        return value != value
+        return bool(value != value)
     if t in (list, tuple, set, frozenset):
         return any(_has_nan(v) for v in value)
     if t is dict:
