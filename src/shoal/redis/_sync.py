@@ -52,6 +52,9 @@ ACTION = 5
 class _SyncProxy(RedisProxy):
     _CALLS: dict[str, Callable[..., Any]] = {}
 
+    def __str__(self) -> str:       # (Manager's shows the referent's repr)
+        return f"<shoal {self._typeid} at {self._redis_key!r} on Redis>"
+
     def _try(self, op: str, *args: Any) -> list[Any]:
         """One run; errors raised, OK and BLOCKED replies returned."""
         b = self._b
