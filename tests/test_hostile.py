@@ -878,3 +878,108 @@ def test_a_client_that_does_not_read_its_replies_is_paused(own_server: Served) -
             assert rid == 100 + got and len(_recv_exact(r.sock, length)) == length
             got += 1
     assert_healthy(own_server)
+
+
+# -- misuse of the per-object lock and of the server's own operations ------------------------------
+
+@pytest.mark.timeout(60)
+def test_requests_queued_behind_a_per_object_lock_keep_the_reply_limit(own_server: Served) -> None:
+    """Requests that waited for a per-object lock run when it is let go: those of a client that
+    does not read its replies stop at the same 32 MiB as any (the rest run once it reads)."""
+    pending_limit = 32 * 2**20
+    with Raw(own_server) as holder, Raw(own_server) as reader:
+        _, big = holder.call(0, "create", ["list", [list(range(30_000))], {}])
+        oid = _ref(big)
+        assert holder.call(oid, "_lock_acquire", []) == (P.REPLY_OK, True)
+        request = _pack([oid, "copy", []])
+        reply_size = len(_pack([0, list(range(30_000))])) + 8
+        count = 5 * pending_limit // 2 // reply_size      # 2.5 times the limit in replies
+        reader.sock.sendall(b"".join(P.HEADER.pack(len(request), 100 + i) + request
+                                     for i in range(count)))
+        time.sleep(0.5)                                   # all queued behind the lock
+        rss = own_server.rss_kib()
+        assert holder.call(oid, "_lock_release", []) == (P.REPLY_OK, None)
+        time.sleep(0.5)
+        grown = (own_server.rss_kib() - rss) * 1024
+        print(f"server RSS grew {grown / 2**20:.0f} MiB for {count * reply_size / 2**20:.0f} "
+              f"MiB of replies")
+        assert grown < 2 * pending_limit, grown
+        assert_healthy(own_server)
+        reader.sock.settimeout(30)
+        for i in range(count):                            # all answered, in order, once read
+            length, rid = P.HEADER.unpack(_recv_exact(reader.sock, 8))
+            assert rid == 100 + i and len(_recv_exact(reader.sock, length)) == length
+    assert_healthy(own_server)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["_lock_acquire", "acquire"])
+def test_a_lock_taken_for_a_client_that_left_is_given_back(served: Served, name: str) -> None:
+    """A lock request sent without waiting, queued behind a per-object lock by a client that
+    then went away, runs when the per-object lock is let go (it was sent): what it took is
+    given back at once, not held for ever by nobody."""
+    with Raw(served) as a, Raw(served) as b:
+        typeid = "dict" if name == "_lock_acquire" else "Lock"
+        _, ref = a.call(0, "create", [typeid, [], {}])
+        oid = _ref(ref)
+        assert a.call(oid, "_lock_acquire", []) == (P.REPLY_OK, True)
+        gone = Raw(served)
+        body = _pack([oid, name, [] if name == "_lock_acquire" else [True, -1, 1]])
+        gone.sock.sendall(P.HEADER.pack(len(body), 0) + body)      # sent without waiting
+        time.sleep(0.2)
+        gone.sock.close()
+        time.sleep(0.2)
+        assert a.call(oid, "_lock_release", []) == (P.REPLY_OK, None)
+        if name == "_lock_acquire":
+            assert b.call(oid, "__setitem__", ["x", 1]) == (P.REPLY_OK, None)
+        else:
+            assert b.call(oid, "acquire", [False, -1, 1]) == (P.REPLY_OK, "owner-died")
+    assert_healthy(served)
+
+
+@pytest.mark.timeout(30)
+def test_the_server_itself_has_no_per_object_lock(served: Served) -> None:
+    with Raw(served) as a:
+        status, (name, _args, message) = a.call(0, "_lock_acquire", [])
+        assert status == P.REPLY_ERROR and name == "TypeError", message
+        assert a.call(0, "ping", []) == (P.REPLY_OK, "pong")
+    assert_healthy(served)
+
+
+@pytest.mark.timeout(30)
+def test_a_huge_semaphore_release_takes_no_time(served: Served) -> None:
+    with Raw(served) as a, Raw(served) as b:
+        _, ref = a.call(0, "create", ["Semaphore", [1], {}])
+        oid = _ref(ref)
+        body = _pack([oid, "release", [10**12]])
+        a.sock.sendall(P.HEADER.pack(len(body), 0) + body)
+        assert b.call(0, "ping", []) == (P.REPLY_OK, "pong")     # within Raw's 5 s
+    m = shoal.connect(served.address, authkey=KEY)
+    s = m.Semaphore(0)
+    s.release(10**12)
+    assert s.acquire(timeout=0) is True
+    assert_healthy(served)
+
+
+@pytest.mark.timeout(30)
+def test_bad_arguments_to_the_servers_own_operations(served: Served) -> None:
+    with Raw(served) as a:
+        status, (name, _args, _message) = a.call(0, "hello", ["not-a-pid", "host"])
+        assert status == P.REPLY_ERROR and name == "TypeError"
+        _, ref = a.call(0, "create", ["list", [["a", "b", "c"]], {}])
+        status, it = a.call(_ref(ref), "__iter__", [])
+        assert status == P.REPLY_OK
+        for bad in ("x", None, 0, -1):                   # refused before taking any item
+            status, (name, _args, _message) = a.call(_ref(it), "next_chunk", [bad])
+            assert status == P.REPLY_ERROR and name == "TypeError", bad
+        assert a.call(_ref(it), "next_chunk", [10]) == (P.REPLY_OK, ["a", "b", "c"])
+        status, (_name, _args, message) = a.call(0, "create", ["Array", ["d", 10**10], {}])
+        assert status == P.REPLY_ERROR and "limit" in message, message
+        status, ref = a.call(0, "create", ["Array", ["i", 1000], {}])
+        assert status == P.REPLY_OK
+        assert a.call(_ref(ref), "__len__", [])[1] == 1000
+        assert a.call(_ref(ref), "__getitem__", [999]) == (P.REPLY_OK, 0)
+        rid = a.send_body(b"\xc1\xc1")                   # not msgpack: the message says so
+        status, (_name, _args, message) = a.reply(rid)   # type: ignore[misc]
+        assert status == P.REPLY_ERROR and "Invalid msgpack format" in message, message
+    assert_healthy(served)

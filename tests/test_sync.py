@@ -1047,6 +1047,26 @@ def test_locked_holder_killed_releases_it(m: shoal.SyncManager) -> None:
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["Queue", "Semaphore", "Event"])   # (a Lock's locked() is
+                                                                    # threading's)
+def test_locked_on_a_sync_object_is_freed_when_its_holder_dies(m: shoal.SyncManager,
+                                                                kind: str) -> None:
+    obj = getattr(m, kind)()
+    ready = CTX.Event()
+    p = start(hold_locked, obj, ready, 600)
+    assert ready.wait(10)
+    killed_at = kill(p)
+    call = {"Queue": lambda: obj.put(1), "Semaphore": lambda: obj.acquire(timeout=0),
+            "Event": lambda: obj.set()}[kind]
+    t, out = in_thread(lambda: (call(), time.monotonic()))
+    t.join(5)
+    assert out and not isinstance(out[0], BaseException), out
+    assert out[0][1] - killed_at < DEAD_FREE
+    with obj.locked() as state:
+        assert state.owner_died is True
+
+
+@pytest.mark.timeout(20)
 def test_locked_on_a_container_waits_for_a_lock_held_inside_it(m: shoal.SyncManager) -> None:
     d = m.dict()
     d["sub"] = {}

@@ -25,11 +25,11 @@ from ._objects import PENDING, Plain, SDict, SList, Shared, plain
 if TYPE_CHECKING:
     from ._server import Server
 
-__all__ = ["Conn", "PlainCodec", "HEADER"]
+__all__ = ["Conn", "PlainCodec", "HEADER", "OUT_HIGH"]
 
 log = logging.getLogger("shoal.server")
 HEADER = P.HEADER
-_OUT_HIGH = 32 * 1024 * 1024      # bytes of unsent replies past which a client is not read
+OUT_HIGH = 32 * 1024 * 1024      # bytes of unsent replies past which a client is not read
 _SEND_CHUNK = 256 * 1024            # at most this much (or _IOV_MAX buffers) per send call
 _IOV_MAX = 1024
 _NONE_REPLY = Codec().encode([P.REPLY_OK, None])   # the most common reply, encoded once
@@ -202,7 +202,7 @@ class Conn:
 
     def _run(self, data: Any) -> None:
         """The hot path: parse every whole frame that has arrived, run each request, then write
-        all their replies at once. Past _OUT_HIGH bytes of replies it stops, writes them, and
+        all their replies at once. Past OUT_HIGH bytes of replies it stops, writes them, and
         reads no more from this client until they are out (one that does not read its replies
         cannot make the server buffer without bound)."""
         if not self.active:
@@ -237,7 +237,7 @@ class Conn:
             if len(out) != count:
                 count = len(out)
                 size += len(out[-1])
-                if size > _OUT_HIGH:
+                if size > OUT_HIGH:
                     self.paused = True
                     break
         if data is buf:
@@ -245,15 +245,7 @@ class Conn:
         elif pos < n:
             buf += data[pos:]
         if self.paused:
-            self.flush()
-            if self.closed:
-                return
-            if not self.pending:              # all written at once: go on
-                self.paused = False
-                if len(self.inbuf) >= 8:
-                    self._run(b"")
-            else:
-                self._want(WRITE)
+            self.pause()
             return
         if self.server.held:
             # Writes wait for the journal: every reply of this turn goes out after one commit
@@ -261,6 +253,24 @@ class Conn:
             self.mark_dirty()
         elif self.out:
             self.flush()
+
+    def pause(self) -> None:
+        """Its replies are over the limit: write them, and run no more of its requests until
+        they are out."""
+        self.paused = True
+        self.flush()
+        if self.closed:
+            return
+        if not self.pending:              # all written at once: go on
+            self.paused = False
+            if len(self.inbuf) >= 8:
+                self._run(b"")
+        else:
+            self._want(WRITE)
+
+    def put_back(self, frames: list[bytes]) -> None:
+        """Requests to run before any it sent after them (held back while it is paused)."""
+        self.inbuf[:0] = b"".join(frames)
 
     def _authenticate(self) -> bool:
         buf = self.inbuf
@@ -334,8 +344,9 @@ class Conn:
                 pass
         name = _builtin_exception(e) or "RemoteError"
         try:
-            message = str(e) if name == "RemoteError" and isinstance(e, RemoteError) \
-                else f"{type(e).__name__}: {e}"
+            text = str(e) or (type(e).__doc__ or "").strip().partition("\n")[0]
+            message = text if name == "RemoteError" and isinstance(e, RemoteError) \
+                else f"{type(e).__name__}: {text}"
         except Exception:        # an error whose text cannot be made (a 5,000-digit key ...)
             message = f"{type(e).__name__} (its message could not be formatted)"
         for args in (list(e.args), [message]):
@@ -387,11 +398,17 @@ class Conn:
         if parts:
             self.backlog = sum(map(len, parts))
             # Stop reading from a client that does not read its replies.
-            want = WRITE if self.paused or self.backlog > _OUT_HIGH else READ | WRITE
+            want = WRITE if self.paused or self.backlog > OUT_HIGH else READ | WRITE
         else:
             self.backlog = 0
             want = READ
         self._want(want)
+
+    def let_go(self) -> None:
+        """Give back everything this closed connection holds or waits on."""
+        involved, self.involved = list(self.involved), weakref.WeakSet()
+        for obj in involved:
+            obj.client_gone(self, self.clean)
 
     def close(self) -> None:
         if self.closed:
@@ -404,9 +421,7 @@ class Conn:
         except OSError:
             pass
         self.server.dropped(self)
-        involved, self.involved = list(self.involved), weakref.WeakSet()
-        for obj in involved:
-            obj.client_gone(self, self.clean)
+        self.let_go()
         self.handles.clear()
         self.inbuf.clear()
         self.out.clear()

@@ -133,6 +133,9 @@ class Shared:
         return False
 
     def client_gone(self, conn: Any, clean: bool) -> None:
+        """The connection dropped (``clean``: its client ended normally): what it held or
+        waited for here goes, its own (``drop_client``) first, then the per-object lock."""
+        self.drop_client(conn, clean)
         g = self.guard
         if g is None:
             return
@@ -142,6 +145,9 @@ class Shared:
         if g.owner is conn:
             g.died = not clean
             self.server.unguard(self)
+
+    def drop_client(self, conn: Any, clean: bool) -> None:
+        """What a type holds for a client beyond the per-object lock (see _sync)."""
 
     @classmethod
     def new(cls, server: Server, args: list[Any], kw: dict[str, Any]) -> Shared:
@@ -564,7 +570,9 @@ class SIterator(Shared):
     @op("next_chunk")
     def next_chunk(self, n: int) -> list[Any]:
         """Up to ``n`` next items; an empty list when the iterator is exhausted."""
-        out = []
+        if type(n) is not int or n < 1:
+            raise TypeError("malformed request: next_chunk takes a count of 1 or more")
+        out: list[Any] = []
         for item in self.it:
             out.append(item)
             if len(out) >= n:
@@ -663,7 +671,15 @@ class SArray(Shared):
     def __init__(self, server: Server, typecode: str, sequence: Any, lock: Any = True) -> None:
         super().__init__(server)
         if isinstance(sequence, int) and not isinstance(sequence, bool):
-            sequence = [0] * sequence
+            # Zeros made as bytes, not as a list of ints (8 bytes more per item, and slow);
+            # at most as many bytes as one request could carry in items.
+            a = array.array(typecode)
+            if sequence * a.itemsize > server.max_frame:
+                raise ValueError(f"an Array of {sequence} items of {a.itemsize} bytes is over the "
+                                 f"server's limit of {server.max_frame} bytes per object")
+            a.frombytes(bytes(max(sequence, 0) * a.itemsize))
+            self.array = a
+            return
         self.array = array.array(typecode, _items(sequence))
 
     def size(self) -> int:

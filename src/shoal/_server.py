@@ -28,7 +28,7 @@ from typing import Any
 
 from . import _protocol as P
 from ._codec import Codec, Opaque
-from ._conn import HEADER, Conn, PlainCodec
+from ._conn import HEADER, OUT_HIGH, Conn, PlainCodec
 from ._errors import RemoteError
 from ._persist import FileIO, Store, StoreError
 from ._persist import frame as frame_record
@@ -163,6 +163,7 @@ class Server:
                            make_ref=self.lookup_ref, from_opaque=Opaque)
         self.plain_codec = PlainCodec(ref_of=lambda obj: self.encoding_for._ref_of(obj),  # type: ignore[union-attr]
                                        make_ref=self.lookup_ref, from_opaque=Opaque)
+        self._next_collect = 0.0      # see _collect
         self.journal_codec = Codec(ref_of=_ref_of_shared, make_ref=self._restore_ref,
                                    from_opaque=Opaque, pickle_unknown=False)
         self._snapshot_child: tuple[int, int, int] | None = None  # (pid, generation, pipe)
@@ -267,15 +268,31 @@ class Server:
         g.owner, g.count = None, 0
         self.guarded.discard(obj)
         waiting, g.queue = g.queue, deque()
+        sizes: dict[Conn, int] = {}              # bytes of replies not yet written, each
+        held_back: dict[Conn, list[bytes]] = {}  # ... past the limit: run when they are out
         for conn, rid, body in waiting:
             if rid:
                 conn.parked -= 1
                 if conn.closed:
                     continue
-            # (One sent without waiting runs even if its client has gone since: it was sent.)
+            if conn in held_back or (conn.paused and not conn.closed):
+                held_back.setdefault(conn, []).append(HEADER.pack(len(body), rid) + body)
+                continue
+            # One sent without waiting runs even if its client has gone since (it was sent);
+            # what it took, if anything, is given back at once.
+            before = len(conn.out)
             self.handle(conn, rid, body)
-            if conn.out:
+            if conn.closed:
+                conn.let_go()
+            elif len(conn.out) > before:
                 conn.mark_dirty()
+                size = sizes[conn] = sizes.get(conn, conn.backlog) + sum(
+                    len(frame) for frame in conn.out[before:])
+                if size > OUT_HIGH:
+                    held_back[conn] = []
+        for conn, frames in held_back.items():
+            conn.put_back(frames)
+            conn.pause()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -890,12 +907,22 @@ class Server:
             "persistence": persistence,
         }
 
-    def number_of_objects(self) -> int:
+    def _collect(self) -> None:
+        """A full collection, so that counts of live objects are exact; however often
+        clients ask, it takes at most a tenth of the server's time."""
+        start = time.monotonic()
+        if start < self._next_collect:
+            return
         gc.collect()
+        end = time.monotonic()
+        self._next_collect = end + 9 * (end - start)
+
+    def number_of_objects(self) -> int:
+        self._collect()
         return sum(1 for o in self.live_objects() if o is not self.ops and o is not self.root)
 
     def debug_info(self) -> str:
-        gc.collect()
+        self._collect()
         lines = []
         for obj in sorted(self.live_objects(), key=lambda o: o.oid):
             oid = obj.oid
@@ -929,6 +956,11 @@ class ServerOps(Shared):
     def create(self, typeid: str, args: list[Any], kw: dict[str, Any]) -> Any:
         return self.server.create(typeid, args, kw)
 
+    @op("_lock_acquire", "_lock_release")
+    def no_object_lock(self) -> None:
+        # Every client's requests to the server itself (cancel, release...) would wait.
+        raise TypeError("the server's own operations have no per-object lock")
+
     @op("root")
     def root(self) -> SDict:
         return self.server.root
@@ -959,6 +991,8 @@ class ServerOps(Shared):
     def hello(self, pid: int, host: str = "") -> None:
         conn = self.server.current
         assert conn is not None
+        if type(pid) is not int or type(host) is not str:
+            raise TypeError("malformed request: hello takes a process id and a host name")
         conn.pid, conn.host = pid, host
 
     @op("goodbye")

@@ -101,7 +101,7 @@ class SyncObject(Shared):
         conn.involved.add(self)
         return PENDING
 
-    def client_gone(self, conn: Conn, clean: bool) -> None:
+    def drop_client(self, conn: Conn, clean: bool) -> None:
         """The connection dropped: forget its waits; release what it held unless it ended
         normally (``clean``), in which case what it held stays held, ownerless, as with
         threading."""
@@ -259,7 +259,7 @@ class SLock(SyncObject):
         pid = self.owner[0].pid if self.owner and self.owner[0] is not None else None
         return [pid, self.count, len(self.waiters)]
 
-    def client_gone(self, conn: Conn, clean: bool) -> None:
+    def drop_client(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
         if self.owner is not None and self.owner[0] is conn:
             if clean and not self.reentrant:
@@ -331,22 +331,23 @@ class SSemaphore(SyncObject):
             raise ValueError("n must be one or more")
         if self.bounded and self.value + n > self.initial:
             raise ValueError("Semaphore released too many times")
-        conn = self.server.current
-        for _ in range(n):
-            self._give_back(conn)
+        self._give_back(self.server.current, n)
         self._wake()
 
-    def _give_back(self, conn: Conn | None) -> None:
+    def _give_back(self, conn: Conn | None, n: int) -> None:
         # The releasing client's own count goes first; a release by a client that took none
         # (signalling) settles someone else's count so a later death does not give it twice.
-        self.value += 1
-        holder = conn if conn in self.holders else next(iter(self.holders), None)
-        if holder is not None:
-            left = self.holders[holder] - 1
-            if left:
-                self.holders[holder] = left
-            else:
-                del self.holders[holder]
+        # (A step per holder, not per unit: n may be huge.)
+        self.value += n
+        holders = self.holders
+        while n and holders:
+            holder = conn if conn in holders else next(iter(holders))
+            took = holders[holder]
+            if took > n:
+                holders[holder] = took - n
+                break
+            del holders[holder]
+            n -= took
 
     def _wake(self) -> None:
         while self.value > 0 and self.waiters:
@@ -362,7 +363,7 @@ class SSemaphore(SyncObject):
         return {"value": self.value, "initial": self.initial, "waiting": len(self.waiters),
                 "holders": sorted(c.pid for c in self.holders if c.pid is not None)}
 
-    def client_gone(self, conn: Conn, clean: bool) -> None:
+    def drop_client(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
         n = self.holders.pop(conn, 0)
         if n and not clean:
@@ -451,7 +452,7 @@ class SCondition(SyncObject):
                 return True
         return False
 
-    def client_gone(self, conn: Conn, clean: bool) -> None:
+    def drop_client(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
 
 
@@ -497,7 +498,7 @@ class SEvent(SyncObject):
             return False
         return self.park(self.waiters, tid, None, wait, lambda w: w.answer(False))
 
-    def client_gone(self, conn: Conn, clean: bool) -> None:
+    def drop_client(self, conn: Conn, clean: bool) -> None:
         self.drop_waiters(self.waiters, conn)
 
 
@@ -594,7 +595,7 @@ class SBarrier(SyncObject):
     def inspect(self) -> dict[str, Any]:
         return {"parties": self.parties, "waiting": len(self.waiters), "broken": self.broken}
 
-    def client_gone(self, conn: Conn, clean: bool) -> None:
+    def drop_client(self, conn: Conn, clean: bool) -> None:
         party = self.running_action
         if party is not None and party[0].conn is conn:
             self.action_done(False)
@@ -734,7 +735,7 @@ class SQueue(SyncObject):
             return None
         return self.park(self.joiners, tid, None, None, lambda w: None)
 
-    def client_gone(self, conn: Conn, clean: bool) -> None:
+    def drop_client(self, conn: Conn, clean: bool) -> None:
         for waiters in (self.getters, self.putters, self.joiners):
             self.drop_waiters(waiters, conn)
 
