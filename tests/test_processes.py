@@ -76,6 +76,26 @@ def test_seed_programs_print_complete_results(program: str, tmp_path: pathlib.Pa
     assert ast.literal_eval(out.stdout.strip()) == expected    # complete, in any order
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_patch_multiprocessing_inside_main_under(method: str, tmp_path: pathlib.Path) -> None:
+    """The patch called in ``if __name__ == '__main__':`` only (so a spawned child has not
+    got it): the manager's server process still starts."""
+    script = tmp_path / "patched.py"
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, shoal
+        if __name__ == "__main__":
+            shoal.patch_multiprocessing()
+            with multiprocessing.get_context({method!r}).Manager() as m:
+                d = m.dict(a=1)
+                print(type(d).__module__, d.copy())
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=100)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["shoal._proxies", "{'a':", "1}"]
+
+
 def test_threads_share_one_connection(manager: shoal.SyncManager) -> None:
     d = manager.dict()
     errors: list[BaseException] = []

@@ -1066,6 +1066,37 @@ def test_locked_on_a_sync_object_is_freed_when_its_holder_dies(m: shoal.SyncMana
         assert state.owner_died is True
 
 
+def _locked_write(d: Any, key: str) -> None:
+    with d.locked():
+        d[key] = True
+
+
+@pytest.mark.timeout(40)
+def test_a_child_forked_while_a_thread_holds_locked_can_take_it(m: shoal.SyncManager) -> None:
+    d = m.dict()
+    held, go = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with d.locked():
+            held.set()
+            go.wait(10)
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(10)
+    p = multiprocessing.get_context("fork").Process(target=_locked_write, args=(d, "child"))
+    p.start()
+    try:
+        time.sleep(0.2)
+        go.set()
+        t.join(10)
+        p.join(10)
+        assert p.exitcode == 0 and d["child"] is True
+    finally:
+        if p.exitcode is None:
+            p.kill()
+            p.join(5)
+
+
 @pytest.mark.timeout(20)
 def test_locked_on_a_container_waits_for_a_lock_held_inside_it(m: shoal.SyncManager) -> None:
     d = m.dict()

@@ -179,7 +179,9 @@ class BaseManager:
             raise TypeError("initializer must be a callable")
         reader, writer = multiprocessing.connection.Pipe(duplex=False)
         self._process = self._ctx.Process(
-            target=type(self)._run_server,
+            # shoal's own class, not type(self): spawn and forkserver find the target by name,
+            # and patch_multiprocessing's classes bear the names of multiprocessing's own.
+            target=BaseManager._run_server,
             args=(self._server_registry(), self._address, bytes(self._authkey), self._nested,
                   os.getpid(), writer, initializer, initargs, self._persist, self._fsync),
         )

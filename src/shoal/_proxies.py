@@ -7,6 +7,7 @@ copies; ``repr``/``==`` work on such a copy, as on the local type.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from multiprocessing import process
@@ -214,6 +215,17 @@ def _same_objects(conn: Connection, instance: bytes, token: Token) -> None:
 
 _local_locks: dict[tuple[Any, int], threading.RLock] = {}
 _local_locks_guard = threading.Lock()
+
+
+def _forget_local_locks() -> None:
+    # In a forked child: a lock another thread of the parent held at the fork would stay held
+    # for ever here (that thread does not exist in the child).
+    global _local_locks_guard
+    _local_locks_guard = threading.Lock()
+    _local_locks.clear()
+
+
+os.register_at_fork(after_in_child=_forget_local_locks)
 
 
 def _wire_iterable(x: Any, proxy: BaseProxy, keys: bool = True) -> Any:
