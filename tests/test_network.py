@@ -258,3 +258,42 @@ def test_a_server_that_cannot_listen_frees_its_directory(tmp_path: pathlib.Path)
         Server(None, KEY, persist=str(tmp_path / "d")).close()   # not locked by the first
     finally:
         busy.close()
+
+
+@pytest.mark.timeout(30)
+def test_nothing_at_a_socket_path_is_server_not_running(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(shoal.ServerNotRunning):
+        shoal.connect(str(tmp_path / "no-such.sock"), authkey=b"k")
+
+
+@pytest.mark.timeout(30)
+def test_a_multiprocessing_manager_is_not_a_shoal_server() -> None:
+    """Its greeting is shorter than ours, and it waits: the client must tell at once."""
+    from multiprocessing.managers import SyncManager
+    mp = SyncManager(address=("127.0.0.1", 0), authkey=b"k")
+    mp.start()
+    try:
+        t = time.monotonic()
+        with pytest.raises(shoal.ProtocolError):
+            shoal.connect(mp.address, authkey=b"k")
+        assert time.monotonic() - t < 2
+    finally:
+        mp.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_a_server_killed_with_sigkill_can_start_again_on_its_socket_path(
+        tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / "s.sock")
+    m = shoal.Manager(address=path)
+    m._process.kill()
+    m._process.join(5)
+    assert os.path.exists(path)                     # left behind by the killed server
+    again = shoal.Manager(address=path)
+    try:
+        again.dict(a=1)
+        m.shutdown()                                # (ends the first one's bookkeeping)
+        with pytest.raises(OSError):                # a live server's path is not taken over
+            shoal.Manager(address=path)
+    finally:
+        again.shutdown()

@@ -200,7 +200,9 @@ class BaseManager:
             self._process.join(1)
             raise result
         self._address = result
-        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer, self._tls)
+        # (check: a connection kept to this address may be of a server that died since)
+        self._conn = get_connection(self._address, bytes(self._authkey), self._serializer,
+                                    self._tls, check=True)
         self._install_proxytypes()
         self._state.value = STARTED
         self.shutdown = util.Finalize(

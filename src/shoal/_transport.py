@@ -6,9 +6,11 @@ and ``"host:port"`` strings are accepted wherever an address is.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
+import stat
 import tempfile
 from typing import Any, Union
 
@@ -58,7 +60,15 @@ def listen(address: Address | None) -> tuple[socket.socket, Address, str | None]
     if isinstance(address, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or not _stale(address):
+                    raise
+                # The socket file of a server that died (kill -9 leaves it): nothing answers
+                # there, so it is ours to replace.
+                os.unlink(address)
+                sock.bind(address)
         except OSError:
             sock.close()
             raise
@@ -78,6 +88,20 @@ def listen(address: Address | None) -> tuple[socket.socket, Address, str | None]
     sock.listen(512)
     sock.setblocking(False)
     return sock, real, private_dir
+
+
+def _stale(path: str) -> bool:
+    """Is ``path`` a Unix socket that nothing listens on?"""
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
 
 
 def tls_context(tls: Any) -> ssl.SSLContext | None:
@@ -121,7 +145,7 @@ def connect(address: Address, timeout: float = 10.0, tls: Any = None) -> socket.
             except BaseException:
                 sock.close()
                 raise
-    except ConnectionRefusedError as e:
+    except (ConnectionRefusedError, FileNotFoundError) as e:   # (no socket file: no server)
         raise ServerNotRunning(f"cannot connect to the shoal server at {address!r}: {e}") from e
     except OSError as e:
         raise ConnectionLost(f"cannot connect to the shoal server at {address!r}: {e}") from e
@@ -146,7 +170,12 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 def handshake(sock: socket.socket, authkey: bytes) -> bytes:
     """The client's side of the handshake (see ``_protocol``): the server's instance id.
     Raises AuthenticationError."""
-    hello = recv_exact(sock, P.HELLO_SIZE)
+    # The magic first: a peer that is not a shoal server may send less than a whole greeting
+    # and wait (multiprocessing's server does), which would end in a timeout, not in the error.
+    magic = recv_exact(sock, len(P.MAGIC))
+    if magic != P.MAGIC:
+        raise ProtocolError("the peer is not a shoal server (bad greeting)")
+    hello = magic + recv_exact(sock, P.HELLO_SIZE - len(P.MAGIC))
     proof, cn = P.client_proof(authkey, hello)
     try:
         sock.sendall(proof)
