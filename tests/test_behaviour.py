@@ -877,3 +877,35 @@ def test_an_interrupted_barrier_wait_leaves_its_place(sm: Any) -> None:
     assert b.n_waiting == 0 and not b.broken
     with pytest.raises(threading.BrokenBarrierError):
         b.wait(0.5)                            # alone: it times out, as threading's would
+
+
+# -- found by review: waits without a timeout, death, lost wake-ups, Python's checks ------------
+
+def _put_later(q: Any, items: list[Any], gap: float) -> None:
+    for item in items:
+        time.sleep(gap)
+        q.put(item)
+
+
+@pytest.mark.timeout(30)
+def test_redis_get_without_timeout_waits_past_the_socket_timeout(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """queue.Queue.get() waits for ever; on Redis it waits in rounds, each shorter than
+    redis-py's socket timeout (it raised ConnectionLost once that passed), and every item is
+    got once."""
+    from shoal.redis import _backend, connect
+    monkeypatch.setattr(_backend, "MAX_WAIT", 0.3)       # several rounds per item
+    m = connect(redis_url, namespace=f"getwait-{secrets.token_hex(4)}", lease=LEASE,
+                socket_timeout=1.0)
+    try:
+        q = m.Queue()
+        with interrupted_after(0.5):                       # interrupted: takes nothing
+            q.get()
+        p = start(_put_later, q, ["a", "b", "c"], 1.2)
+        assert [q.get() for _ in range(3)] == ["a", "b", "c"]
+        join_all([p])
+        assert q.empty()
+        assert m._b.redis.llen(f"{q._redis_key}:inflight:{m._b.token}") == 0
+    finally:
+        m.purge()
+        m.shutdown()

@@ -400,9 +400,12 @@ class RedisQueueProxy(_SyncProxy, QueueProxy):
             left = remaining(deadline)
             if left is not None and left <= 0:
                 raise queue.Empty
-            wait = b.wait_bound(-1, left) if left is not None else None
+            # A bounded wait even without a timeout: an unbounded one outlives redis-py's
+            # socket timeout. An item that comes as the round ends is still the reply (CLIENT
+            # UNBLOCK finds nothing to end), so none is lost between rounds.
             raw = b.blocking(("BLMOVE", self._redis_key,
-                              f"{self._redis_key}:inflight:{b.token}", "LEFT", "RIGHT"), wait)
+                              f"{self._redis_key}:inflight:{b.token}", "LEFT", "RIGHT"),
+                             b.wait_bound(-1, left))
             if raw is not None:
                 self._try("qack", raw)
                 return b.decode(raw)
