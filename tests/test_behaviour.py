@@ -909,3 +909,39 @@ def test_redis_get_without_timeout_waits_past_the_socket_timeout(
     finally:
         m.purge()
         m.shutdown()
+
+
+@pytest.mark.timeout(20)
+def test_repeating_an_empty_list_any_number_of_times_is_instant(sm: Any) -> None:
+    # Redis looped n times in one script, blocking the server, to repeat nothing.
+    l = sm.list()
+    t0 = time.monotonic()
+    l *= 10**12
+    assert len(l) == 0 and time.monotonic() - t0 < 1.0
+    with pytest.raises(OverflowError):
+        l *= 2**70                                  # as Python's, even for an empty list
+
+
+@pytest.mark.timeout(20)
+def test_redis_list_repeated_past_the_bound_is_refused_unchanged(redis_m: Any) -> None:
+    """Python raises MemoryError for such sizes; Redis refuses them before any work (it looped
+    in one script, blocking the server), and a big but allowed one is quick."""
+    from shoal.redis._proxies import MAX_REPEAT_ITEMS
+    l = redis_m.list([1, 2])
+    for n in (10**12, MAX_REPEAT_ITEMS // 2 + 1):
+        with pytest.raises(MemoryError, match="at most"):
+            l *= n
+    assert l == [1, 2]
+    d = redis_m.dict()
+    l.append(d)
+    l *= 4
+    assert len(l) == 12 and l[2] == {} and l[11] == {}
+
+    def refs() -> int:
+        return int(redis_m._b.redis.hget(d._redis_key + ":meta", "r"))
+    assert refs() == 4                              # one per copy of the reference
+    l.clear()
+    assert refs() == 0
+    many = redis_m.list(["x"])
+    many *= 100_000
+    assert len(many) == 100_000 and many[99_999] == "x"

@@ -767,24 +767,39 @@ OPS.lreverse = function()
   end
   return {0}
 end
+-- limul: times, the most items the result may have
 OPS.limul = function()
   local g = gate(K); if g then return g end
   local times = tonumber(ARGV[3])
-  local items = call('LRANGE', K, 0, -1)
+  local n = call('LLEN', K)
   if times <= 0 then
+    local items = call('LRANGE', K, 0, -1)
     call('DEL', K)
     let_go(items)
     return {0}
   end
-  local refs = {}
+  if n == 0 or times == 1 then return {0} end
+  if n * times > tonumber(ARGV[4]) then
+    return {2, 'MemoryError', 'a list on Redis can be repeated to at most ' .. ARGV[4] ..
+            ' items, not ' .. n .. ' * ' .. times}
+  end
+  local items = call('LRANGE', K, 0, -1)
   for _, v in ipairs(items) do
     local rk = ref_of(v)
-    if rk then table.insert(refs, rk) end
+    if rk then call('HINCRBY', rk .. ':meta', 'r', times - 1) end
   end
-  for _ = 2, times do
-    bulk('RPUSH', K, items)
-    for _, rk in ipairs(refs) do call('HINCRBY', rk .. ':meta', 'r', 1) end
+  -- copies pushed about a thousand values per RPUSH: one call per copy is slow for short lists
+  local per = math.max(1, math.floor(1000 / n))
+  local block = {}
+  for _ = 1, math.min(per, times - 1) do
+    for _, v in ipairs(items) do block[#block + 1] = v end
   end
+  local left = times - 1
+  while left >= per do
+    bulk('RPUSH', K, block)
+    left = left - per
+  end
+  for _ = 1, left do bulk('RPUSH', K, items) end
   return {0}
 end
 -- lreplace: count of expected, expected..., new... (a permutation: references unchanged)
