@@ -945,3 +945,24 @@ def test_redis_list_repeated_past_the_bound_is_refused_unchanged(redis_m: Any) -
     many = redis_m.list(["x"])
     many *= 100_000
     assert len(many) == 100_000 and many[99_999] == "x"
+
+
+def _wait_at_barrier(b: Any, ready: Any) -> None:
+    ready.set()
+    b.wait()
+
+
+@pytest.mark.timeout(40)
+def test_a_party_killed_while_waiting_breaks_the_barrier_for_the_next(backend: Backend) -> None:
+    # On Redis the dead party still counted as arrived: the next wait() passed the barrier.
+    b = backend.m.Barrier(2)
+    ready = FORK.Event()
+    p = start(_wait_at_barrier, b, ready)
+    assert ready.wait(20)
+    time.sleep(0.3)                                    # the child waits in b.wait()
+    kill(p)
+    time.sleep(backend.dead_free)                      # its lease has run out
+    t0 = time.monotonic()
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(5)
+    assert time.monotonic() - t0 < 1.0 and b.broken

@@ -1069,12 +1069,24 @@ local function barrier_pass()
   call('DEL', K .. ':parties')
   wake(K .. ':waiters')
 end
+local function barrier_dead_party()
+  -- a party that died while waiting (its lease ran out) breaks the barrier
+  for _, h in ipairs(call('SMEMBERS', K .. ':parties')) do
+    if not alive(token_of(h)) then
+      barrier_break()
+      return true
+    end
+  end
+  return false
+end
 OPS.bwait = function()
   local st = call('HMGET', K, 'count', 'gen', 'broken', 'busy')
   local parties = tonumber(call('HGET', K .. ':meta', 'parties') or '0')
   if parties == 0 then return {4} end
   if st[3] == '1' then return {2, 'BrokenBarrierError', ''} end
   if st[4] == '1' then return block(K .. ':waiters', -1) end
+  -- the parties counted must still be there, or this arrival would pass for a dead one's
+  if barrier_dead_party() then return {2, 'BrokenBarrierError', ''} end
   local count = tonumber(st[1] or '0')
   local gen = st[2] or '0'
   local index = count
@@ -1102,12 +1114,7 @@ OPS.bcheck = function()
     return {0}
   end
   if st[2] == '1' then return {2, 'BrokenBarrierError', ''} end
-  for _, h in ipairs(call('SMEMBERS', K .. ':parties')) do
-    if not alive(token_of(h)) then
-      barrier_break()
-      return {2, 'BrokenBarrierError', ''}
-    end
-  end
+  if barrier_dead_party() then return {2, 'BrokenBarrierError', ''} end
   if ARGV[4] == '1' then
     barrier_break()
     return {2, 'BrokenBarrierError', ''}
