@@ -966,3 +966,19 @@ def test_a_party_killed_while_waiting_breaks_the_barrier_for_the_next(backend: B
     with pytest.raises(threading.BrokenBarrierError):
         b.wait(5)
     assert time.monotonic() - t0 < 1.0 and b.broken
+
+
+@pytest.mark.timeout(40)
+def test_set_then_clear_at_once_releases_every_waiter(sm: Any) -> None:
+    """threading.Event.set() releases every thread waiting then, clear() right after or not;
+    on Redis a woken waiter that looked after the clear() waited on."""
+    e = sm.Event()
+    for _ in range(3):
+        waits = [in_thread(e.wait, 3) for _ in range(4)]
+        time.sleep(0.3)                                # they wait
+        e.set()
+        e.clear()
+        for t, _ in waits:
+            t.join(10)
+        assert [out for _, out in waits] == [[True]] * 4
+    assert e.wait(0.1) is False                        # cleared: a later wait waits

@@ -969,10 +969,13 @@ OPS.clock = function()
   return {0, call('HGET', K .. ':meta', 'l') or false}
 end
 
--- Event: K exists while set ------------------------------------------------------------------
+-- Event: K exists while set; 'g' in K:meta counts the set() calls, so that a waiter woken by
+-- one returns True even if a clear() came before it looked (threading's set() releases every
+-- thread waiting at that moment)
 OPS.eset = function()
   if call('EXISTS', K .. ':meta') == 0 then return {4} end
   call('SET', K, '1')
+  call('HINCRBY', K .. ':meta', 'g', 1)
   wake(K .. ':waiters')
   return {0}
 end
@@ -983,9 +986,17 @@ end
 OPS.eis = function()
   return {0, call('EXISTS', K)}
 end
+-- ewait: register ('1'/'0'), the generation the wait began in ('': this is its first look).
+-- Blocked, it answers the generation to pass next time.
 OPS.ewait = function()
   if call('EXISTS', K) == 1 then return {0, 1} end
-  if ARGV[3] == '1' then return block(K .. ':waiters', -1) end
+  local gen = call('HGET', K .. ':meta', 'g') or '0'
+  if ARGV[4] ~= '' and ARGV[4] ~= gen then return {0, 1} end
+  if ARGV[3] == '1' then
+    local r = block(K .. ':waiters', -1)
+    r[3] = gen
+    return r
+  end
   return {0, 0}
 end
 

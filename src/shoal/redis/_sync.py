@@ -288,12 +288,14 @@ class RedisEventProxy(_SyncProxy, EventProxy):
 
     def wait(self, timeout: float | None = None) -> bool:
         deadline = deadline_of(_timeout(timeout, "now"))
+        gen = b""                     # how many times it had been set when the wait began
         while True:
             left = remaining(deadline)
             final = left is not None and left <= 0
-            r = self._try("ewait", "0" if final else "1")
+            r = self._try("ewait", "0" if final else "1", gen)
             if r[0] == OK:
                 return bool(r[1])
+            gen = r[2]
             self._wait(r[1], deadline)
 
 
