@@ -982,3 +982,16 @@ def test_set_then_clear_at_once_releases_every_waiter(sm: Any) -> None:
             t.join(10)
         assert [out for _, out in waits] == [[True]] * 4
     assert e.wait(0.1) is False                        # cleared: a later wait waits
+
+
+@pytest.mark.timeout(20)
+def test_a_list_made_from_a_shared_list_copies_one_level(sm: Any) -> None:
+    # As list(l) and m.dict(d): the nested containers are the same; Redis copied them too.
+    src = sm.list([[1], {"k": 0}])
+    cp = sm.list(src)
+    cp[0].append(2)
+    cp[1]["k"] = 1
+    cp.append(3)
+    assert src == [[1, 2], {"k": 1}] and cp == [[1, 2], {"k": 1}, 3]
+    del src[:]                                         # the nested ones live on in cp
+    assert cp[0] == [1, 2]

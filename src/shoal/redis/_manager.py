@@ -121,7 +121,7 @@ class RedisManager:
             raise TypeError(f"list expected at most 1 argument, got {len(args)}")
         items = args[0] if args else ()
         if isinstance(items, RedisListProxy):
-            items = items.copy()
+            items = items[:]     # one call; nested containers come as proxies: one level copied
         return self._create("list", items=list(items))  # type: ignore[no-any-return]
 
     def Namespace(self, **kwds: Any) -> RedisNamespaceProxy:
