@@ -995,3 +995,17 @@ def test_a_list_made_from_a_shared_list_copies_one_level(sm: Any) -> None:
     assert src == [[1, 2], {"k": 1}] and cp == [[1, 2], {"k": 1}, 3]
     del src[:]                                         # the nested ones live on in cp
     assert cp[0] == [1, 2]
+
+
+@pytest.mark.timeout(20)
+def test_queue_put_checks_its_timeout_only_when_bounded(sm: Any) -> None:
+    # As queue.Queue.put: an unbounded queue never waits, so its timeout is never looked at.
+    q = sm.Queue()
+    q.put(1, timeout=-1)
+    assert q.get(timeout=1) == 1
+    bounded = sm.Queue(2)
+    with pytest.raises(ValueError, match="non-negative"):
+        bounded.put(1, timeout=-1)
+    assert bounded.empty()
+    bounded.put(2, timeout=0)
+    assert bounded.get_nowait() == 2

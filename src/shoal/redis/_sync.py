@@ -376,10 +376,22 @@ class RedisQueueProxy(_SyncProxy, QueueProxy):
     ``get`` blocks on BLMOVE (no polling). ``put`` on a full bounded queue registers as a waiter
     and is woken by the next ``get``."""
 
+    def _maxsize(self) -> int:
+        """The queue's maxsize (0: unbounded), asked once: it never changes."""
+        size: int | None = self.__dict__.get("_size")
+        if size is None:
+            size = self._try("qsize")[2]
+            object.__setattr__(self, "_size", size)
+        return size
+
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         b = self._b
         raw = b.encode(item)
-        deadline = deadline_of(_timeout(timeout, "error") if block else None)
+        # As queue.Queue: the timeout is looked at only where a put may wait (a bounded queue).
+        if block and timeout is not None and self._maxsize() > 0:
+            deadline = deadline_of(_timeout(timeout, "error"))
+        else:
+            deadline = None
         while True:
             r = self._try("qput", raw, "1" if block else "0")
             if r[0] == OK:
