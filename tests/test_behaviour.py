@@ -1009,3 +1009,18 @@ def test_queue_put_checks_its_timeout_only_when_bounded(sm: Any) -> None:
     assert bounded.empty()
     bounded.put(2, timeout=0)
     assert bounded.get_nowait() == 2
+
+
+@pytest.mark.timeout(20)
+def test_semaphore_counts_must_be_ints(sm: Any) -> None:
+    # Redis took floats: the count became 2.5 and no longer one of the holders' counts.
+    for make in (sm.Semaphore, sm.BoundedSemaphore):
+        with pytest.raises(TypeError, match="semaphore initial value must be an int"):
+            make(1.5)
+    s = sm.Semaphore(2)
+    assert s.acquire()
+    with pytest.raises(TypeError, match="n must be an int"):
+        s.release(1.5)
+    assert s.get_value() == 1
+    s.release()
+    assert s.get_value() == 2

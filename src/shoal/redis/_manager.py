@@ -31,6 +31,14 @@ from ._sync import (
 __all__ = ["RedisManager", "connect"]
 
 
+def _check_initial(value: Any) -> None:
+    # The local server's checks and messages (a float count would not add up on Redis).
+    if type(value) is not int:
+        raise TypeError("semaphore initial value must be an int")
+    if value < 0:
+        raise ValueError("semaphore initial value must be >= 0")
+
+
 class RedisManager:
     """Shared objects in one namespace of a Redis (or Valkey) server.
 
@@ -152,16 +160,14 @@ class RedisManager:
 
     def Semaphore(self, value: int = 1) -> RedisSemaphoreProxy:
         """A new shared Semaphore."""
-        if value < 0:
-            raise ValueError("semaphore initial value must be >= 0")
+        _check_initial(value)
         s = self._create("Semaphore")
         self._b.redis.hset(s._redis_key, "v", value)
         return s  # type: ignore[no-any-return]
 
     def BoundedSemaphore(self, value: int = 1) -> RedisSemaphoreProxy:
         """A new shared BoundedSemaphore."""
-        if value < 0:
-            raise ValueError("semaphore initial value must be >= 0")
+        _check_initial(value)
         s = self._create("BoundedSemaphore", {"bound": value})
         self._b.redis.hset(s._redis_key, "v", value)
         return s  # type: ignore[no-any-return]

@@ -174,6 +174,8 @@ class RedisSemaphoreProxy(_SyncProxy, SemaphoreProxy):
             self._wait(r[1], deadline)
 
     def release(self, n: int = 1) -> None:
+        if type(n) is not int:
+            raise TypeError("n must be an int")
         if n < 1:
             raise ValueError("n must be one or more")
         b = self._b
