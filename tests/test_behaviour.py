@@ -1024,3 +1024,16 @@ def test_semaphore_counts_must_be_ints(sm: Any) -> None:
     assert s.get_value() == 1
     s.release()
     assert s.get_value() == 2
+
+
+@pytest.mark.timeout(30)
+def test_redis_root_is_made_again_after_redis_lost_its_data(redis_m: Any) -> None:
+    """After a restart without persistence or a FLUSHALL, the root of running processes is
+    empty again (it raised ReferenceError until a new process connected)."""
+    redis_m.root["x"] = 1
+    b = redis_m._b
+    pattern = b.prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+    b.redis.delete(*b.redis.scan_iter(match=pattern))  # this namespace's data, presence too
+    assert "x" not in redis_m.root
+    redis_m.root["x"] = 2
+    assert redis_m.root.copy() == {"x": 2}

@@ -299,7 +299,8 @@ class Backend:
 
     def call(self, key: str, op: str, *args: Any) -> list[Any]:
         """Run ``op``; when the object is held by another client's per-object lock, wait for
-        it and run again. Raises the operation's error."""
+        it and run again; when the root is missing, make it again. Raises the operation's
+        error."""
         while True:
             holder = f"{self.token}/{threading.get_ident()}"
             r = self.run(key, op, *args, holder=holder)
@@ -308,6 +309,11 @@ class Backend:
                 return r
             if status == BLOCKED:
                 self.wait(holder, self.wait_bound(r[1], None))
+                continue
+            if status == GONE and key == self.root_key:
+                # Redis lost its data (a restart without persistence, FLUSHALL). The root is
+                # never deleted otherwise, and every process must keep finding it: made again.
+                self.run(key, "root")
                 continue
             self.fail(r, key)
 

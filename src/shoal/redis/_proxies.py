@@ -371,7 +371,9 @@ _DICT_CALLS = {
 
 class RedisDictProxy(RedisProxy, DictProxy):
     """A shared dict on Redis (a hash). Key order is the hash's: insertion order while Redis
-    keeps it small (listpack), unordered beyond (``hash-max-listpack-entries``, 128)."""
+    keeps it a listpack, unordered for good once it has more than 128 fields or one key or value
+    longer than 64 bytes (``hash-max-listpack-entries``, ``hash-max-listpack-value``).
+    Iteration reads a snapshot of the keys."""
 
     _CALLS = _DICT_CALLS
 
