@@ -3,7 +3,9 @@ MathsClass, a proxytype of DictProxy, the remote queue.Queue), in real processes
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import copy
 import multiprocessing
 import queue
 import threading
@@ -52,6 +54,30 @@ _Registered.register("Maths", MathsClass)
 _Registered.register("defaultdict", collections.defaultdict, DictProxy)
 _Registered.register("Counter", Counter, CounterProxy)
 _Registered.register("get_queue", callable=_the_queue)
+
+
+class Job:
+    def cancel(self) -> None:
+        raise asyncio.CancelledError()      # a BaseException, not an Exception
+
+
+class CounterObj:
+    def __init__(self, start: int) -> None:
+        self.n = start
+
+    def incr(self) -> int:
+        self.n += 1
+        return self.n
+
+
+class Factory:
+    def make(self, start: int) -> int:
+        return start
+
+
+_Registered.register("Job", Job)
+_Registered.register("CounterObj", CounterObj)
+_Registered.register("Factory", Factory, method_to_typeid={"make": "CounterObj"})
 
 
 def _add(maths: Any, i: int) -> int:
@@ -162,3 +188,32 @@ def test_manager_style_errors_and_a_generators_send() -> None:
         d = gm.dict()
     with pytest.raises(EOFError):
         d["k"] = 1
+
+
+@pytest.mark.timeout(30)
+def test_a_registered_method_raising_a_base_exception_reaches_its_caller() -> None:
+    with _Registered() as m:
+        with pytest.raises(asyncio.CancelledError):
+            m.Job().cancel()
+
+
+@pytest.mark.timeout(30)
+def test_method_to_typeid_makes_that_types_object_from_the_result() -> None:
+    # As Manager: the result goes through the registered callable of the type it names.
+    with _Registered() as m:
+        assert m.Factory().make(10).incr() == 11
+
+
+@pytest.mark.timeout(30)
+def test_deepcopy_of_a_proxy_is_a_private_copy() -> None:
+    with shoal.Manager() as m:
+        cfg = m.dict(debug=False, sub={"x": 1})
+        mine = copy.deepcopy(cfg)
+        mine["debug"] = True
+        mine["sub"]["x"] = 2
+        assert type(mine) is dict and cfg["debug"] is False and cfg["sub"]["x"] == 1
+        items = m.list([1])
+        theirs = copy.deepcopy(items)
+        theirs.append(2)
+        assert items[:] == [1]
+        assert copy.deepcopy({"cfg": cfg}) == {"cfg": {"debug": False, "sub": {"x": 1}}}

@@ -155,6 +155,10 @@ class BaseProxy:
         """A local copy of the shared object."""
         return self._callmethod("_getvalue")
 
+    def __deepcopy__(self, memo: Any) -> Any:
+        # A private copy, as Manager's proxies give (not another proxy of the same object).
+        return self._getvalue()
+
     def locked(self) -> ObjectLockContext:
         """``with proxy.locked(): ...``: exclusive use of this object and of the containers made
         nested in it. Other processes' calls on them wait until the block ends; re-entrant.

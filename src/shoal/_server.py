@@ -658,7 +658,12 @@ class Server:
                 if made:      # their holds reach the server before this call lets go of them
                     made[0]._conn.call(0, "ping")
                 result = fn(*call_args, **call_kw)
-            except Exception as e:
+                reg = self.registry.get(typeid) if typeid is not None and not creating else None
+                if reg is not None and reg.callable is not None:
+                    # method_to_typeid names a type with a callable: as Manager, what is
+                    # shared is the callable's object made from the result.
+                    result = reg.callable(result)
+            except BaseException as e:       # (a CancelledError too: the caller must hear)
                 # multiprocessing reports a failed creation as a RemoteError, a failed method
                 # call as the method's own exception.
                 err: BaseException = RemoteError(f"{type(e).__name__}: {e}") if creating else e
