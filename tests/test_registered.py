@@ -10,6 +10,7 @@ import multiprocessing
 import queue
 import threading
 import time
+from multiprocessing import managers
 from typing import Any
 
 import pytest
@@ -217,3 +218,53 @@ def test_deepcopy_of_a_proxy_is_a_private_copy() -> None:
         theirs.append(2)
         assert items[:] == [1]
         assert copy.deepcopy({"cfg": cfg}) == {"cfg": {"debug": False, "sub": {"x": 1}}}
+
+
+class Thing:
+    def __init__(self) -> None:
+        self.v = 1
+
+    def get(self) -> int:
+        return self.v
+
+
+class ThingProxy(managers.BaseProxy):
+    """A proxy class written for Manager, on multiprocessing's own BaseProxy."""
+
+    _exposed_ = ("get",)
+
+    def get(self) -> int:
+        return self._callmethod("get")  # type: ignore[no-any-return]
+
+
+class _WithStdlibProxies(shoal.BaseManager):
+    pass
+
+
+_WithStdlibProxies.register("Event", threading.Event, managers.EventProxy)
+_WithStdlibProxies.register("Lock", threading.Lock, managers.AcquirerProxy)
+_WithStdlibProxies.register("Thing", Thing, ThingProxy)
+
+
+def _read_both(e: Any, t: Any, q: Any) -> None:
+    q.put((e.is_set(), t.get()))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessings_own_proxy_classes_as_proxytype(method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    with _WithStdlibProxies(ctx=ctx) as m:
+        e = m.Event()
+        e.set()
+        assert e.is_set() and e.wait(0.1)
+        lock = m.Lock()
+        with lock:
+            assert lock.acquire(False) is False
+        t = m.Thing()
+        assert t.get() == 1 and type(t).__name__ == "ThingProxy"
+        q = ctx.Queue()
+        p = ctx.Process(target=_read_both, args=(e, t, q))       # they pickle, too
+        p.start()
+        assert q.get(timeout=30) == (True, 1)
+        p.join(10)

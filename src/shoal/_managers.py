@@ -22,7 +22,7 @@ from . import _client
 from ._client import get_connection
 from ._errors import ConnectionLost
 from ._proxies import (ArrayProxy, AutoProxy, BaseProxy, DictProxy, ListProxy, NamespaceProxy,
-                       Token, ValueProxy)
+                       Token, ValueProxy, adopt_proxy_type)
 from ._server import Registration, Server, keep_freed_memory
 from ._syncproxies import (AsyncResultProxy, BarrierProxy, ConditionProxy, EventProxy,
                            IteratorProxy, LockProxy, PoolProxy, QueueProxy, RLockProxy,
@@ -292,7 +292,7 @@ class BaseManager:
         assert self._conn is not None
         mapping = dict(_client.proxy_types)
         for typeid, r in self._registry.items():
-            mapping[typeid] = r["proxytype"]
+            mapping[typeid] = adopt_proxy_type(r["proxytype"])
         self._conn.proxy_types = mapping
 
     def _create(self, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Token, Any]:

@@ -7,6 +7,7 @@ copies; ``repr``/``==`` work on such a copy, as on the local type.
 
 from __future__ import annotations
 
+import multiprocessing.managers
 import os
 import threading
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
@@ -175,6 +176,10 @@ class BaseProxy:
         if type(self).__dict__.get("_auto"):     # a class made on the fly: no name to find
             return (_rebuild_auto, (self._token, authkey, self._exposed_, self._serializer,
                                     self._conn.tls, self._instance))
+        origin = type(self).__dict__.get("_adopted_from")
+        if origin is not None:                   # its name is multiprocessing's class's
+            return (_rebuild_adopted, (origin, self._token, authkey, self._exposed_,
+                                       self._serializer, self._conn.tls, self._instance))
         return (_rebuild, (type(self), self._token, authkey, self._exposed_, self._serializer,
                            self._conn.tls, self._instance))
 
@@ -186,6 +191,33 @@ class BaseProxy:
             return self._callmethod("__repr__")  # type: ignore[no-any-return]
         except Exception:
             return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+_MP_BASE_PROXY = multiprocessing.managers.BaseProxy   # (before patch_multiprocessing replaces it)
+_adopted: dict[type, type[BaseProxy]] = {}
+
+
+def adopt_proxy_type(cls: Any) -> Any:
+    """A proxy class written on multiprocessing's own BaseProxy (its EventProxy, a user's
+    subclass made for Manager) as one of shoal's: the same methods, which reach the referent
+    only through ``_callmethod``, on shoal's BaseProxy. Anything else is returned as it is."""
+    if not isinstance(cls, type) or not issubclass(cls, _MP_BASE_PROXY) \
+            or issubclass(cls, BaseProxy):
+        return cls
+    adopted = _adopted.get(cls)
+    if adopted is None:
+        ns: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            if klass is not object and klass is not _MP_BASE_PROXY:
+                ns.update((k, v) for k, v in vars(klass).items()
+                          if k not in ("__dict__", "__weakref__"))
+        ns["_adopted_from"] = cls
+        adopted = _adopted[cls] = type(cls.__name__, (BaseProxy,), ns)
+    return adopted
+
+
+def _rebuild_adopted(origin: type, *args: Any) -> BaseProxy:
+    return _rebuild(adopt_proxy_type(origin), *args)
 
 
 def _rebuild(cls: type[BaseProxy], token: Token, authkey: bytes | None,

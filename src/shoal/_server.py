@@ -679,9 +679,10 @@ class Server:
         object itself (this process cannot check its own certificate)."""
         if self.tls is not None:
             return obj
-        from ._proxies import AutoProxy, Token     # (the proxies import the client side)
+        from ._proxies import AutoProxy, Token, adopt_proxy_type   # (they import the client)
         reg = self.registry.get(obj.typeid)
-        cls = reg.proxytype if reg is not None and reg.proxytype is not None else AutoProxy
+        cls = adopt_proxy_type(reg.proxytype) if reg is not None and reg.proxytype is not None \
+            else AutoProxy
         proxy = cls(Token(obj.typeid, self.address, obj.oid), authkey=self.authkey)
         made.append(proxy)
         return proxy
