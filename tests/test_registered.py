@@ -3,6 +3,7 @@ MathsClass, a proxytype of DictProxy, the remote queue.Queue), in real processes
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import copy
@@ -268,3 +269,37 @@ def test_multiprocessings_own_proxy_classes_as_proxytype(method: str) -> None:
         p.start()
         assert q.get(timeout=30) == (True, 1)
         p.join(10)
+
+
+class Obj:
+    def __repr__(self) -> str:
+        return f"Obj(x={getattr(self, 'x', None)})"
+
+
+class _WithShoalProxies(shoal.BaseManager):
+    pass
+
+
+# As Manager's users register their own types with its proxy classes (and as SyncManager
+# registers Value and Array).
+_WithShoalProxies.register("Obj", Obj, shoal.NamespaceProxy)
+_WithShoalProxies.register("mylist", list, shoal.ListProxy)
+_WithShoalProxies.register("Value", managers.Value, shoal.ValueProxy)
+_WithShoalProxies.register("Array", array.array, shoal.ArrayProxy)
+
+
+@pytest.mark.timeout(30)
+def test_shoals_proxy_classes_as_proxytype_of_registered_types() -> None:
+    with _WithShoalProxies() as m:
+        o = m.Obj()
+        o.x = 5
+        assert o.x == 5 and str(o) == "Obj(x=5)"
+        items = m.mylist([3, 1, 2])
+        items.sort()
+        assert items[:] == [1, 2, 3] and str(items) == "[1, 2, 3]"
+        items.sort(reverse=True)
+        assert items[:] == [3, 2, 1]
+        v = m.Value("i", 3)
+        assert v.value == 3 and str(v) == "Value('i', 3)"
+        a = m.Array("i", [1, 2])
+        assert a[1] == 2 and len(a) == 2 and list(a) == [1, 2] and str(a) == "array('i', [1, 2])"

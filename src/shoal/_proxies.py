@@ -10,18 +10,19 @@ from __future__ import annotations
 import multiprocessing.managers
 import os
 import threading
-from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSequence
 from multiprocessing import process
 from multiprocessing.context import get_spawning_popen
 from typing import Any, NamedTuple
 
 from . import _client
 from ._client import Connection, get_connection
+from ._errors import RemoteError
 from ._objects import OWNER_DIED
 from ._protocol import HEADER
+from ._transport import Address
 
 _pack_header = HEADER.pack
-from ._transport import Address
 
 __all__ = ["Token", "BaseProxy", "pipeline", "Pipeline", "Pending", "DictProxy", "ListProxy", "NamespaceProxy", "ValueProxy",
            "ArrayProxy", "AutoProxy", "make_proxy_type", "unwrap"]
@@ -428,7 +429,8 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
     # Manager's (see DictProxy), with ``__iter__``, which this class calls.
     _exposed_ = ("__add__", "__contains__", "__delitem__", "__getitem__", "__iter__", "__len__",
                  "__mul__", "__reversed__", "__rmul__", "__setitem__", "append", "count",
-                 "extend", "index", "insert", "pop", "remove", "reverse", "sort", "__imul__")
+                 "extend", "index", "insert", "pop", "remove", "reverse", "sort", "__imul__",
+                 "copy")     # (copy: read by ==, repr)
     _method_to_typeid_ = {"__iter__": "Iterator"}
 
     def __getitem__(self, index: Any) -> Any:
@@ -485,7 +487,9 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
         """Sort in place. The server sorts, unless there is a ``key`` (which never runs
         remotely) or values only this side can order (pickled ones): then the list is read,
         sorted here and written back under its per-object lock."""
-        if key is None and not self._call("sort", reverse):
+        # (reverse by name: a registered type's list.sort takes no positional argument; only
+        # shoal's own list answers True, when this side must sort)
+        if key is None and self._callmethod("sort", (), {"reverse": reverse}) is not True:
             return
         with self.locked():
             current = self._call("__getitem__", slice(None))
@@ -540,6 +544,15 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
     __str__ = __repr__
 
 
+def _own_repr(proxy: BaseProxy, render: Callable[[], str]) -> str:
+    """``render()``, which asks shoal's own type; for a registered type's object (proxied with
+    this class) the object's own repr, as Manager shows."""
+    try:
+        return render()
+    except RemoteError:
+        return BaseProxy.__str__(proxy)
+
+
 class NamespaceProxy(BaseProxy):
     """A shared namespace: ``ns.x = 1`` from one process, ``ns.x`` from another."""
 
@@ -563,14 +576,16 @@ class NamespaceProxy(BaseProxy):
             self._call("__delattr__", name)
 
     def __repr__(self) -> str:
-        items = sorted(f"{k}={v!r}" for k, v in self._call("_dict").items())
-        return f"Namespace({', '.join(items)})"
+        return _own_repr(self, lambda: "Namespace({})".format(", ".join(sorted(
+            f"{k}={v!r}" for k, v in self._call("_dict").items() if not k.startswith("_")))))
 
     __str__ = __repr__
 
 
 class ValueProxy(BaseProxy):
     """A shared value: ``v.value``, ``v.get()``, ``v.set(x)``."""
+
+    _exposed_ = ("get", "set")                  # Manager's
 
     def get(self) -> Any:
         return self._call("get")
@@ -581,13 +596,15 @@ class ValueProxy(BaseProxy):
     value = property(get, set)
 
     def __repr__(self) -> str:
-        return f"Value({self._call('_typecode')!r}, {self.get()!r})"
+        return _own_repr(self, lambda: f"Value({self._call('_typecode')!r}, {self.get()!r})")
 
     __str__ = __repr__
 
 
 class ArrayProxy(BaseProxy):
     """A shared ``array.array``."""
+
+    _exposed_ = ("__len__", "__getitem__", "__setitem__", "tolist")  # (Manager's, and tolist)
 
     def __len__(self) -> int:
         return self._call("__len__")  # type: ignore[no-any-return]
@@ -607,7 +624,7 @@ class ArrayProxy(BaseProxy):
         return self._call("tolist")  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
-        return f"array({self._call('_typecode')!r}, {self.tolist()!r})"
+        return _own_repr(self, lambda: f"array({self._call('_typecode')!r}, {self.tolist()!r})")
 
     __str__ = __repr__
 
