@@ -276,6 +276,8 @@ def test_namespace_and_value(sm: Any) -> None:
     del ns.x
     with pytest.raises(AttributeError):
         _ = ns.x
+    with pytest.raises(AttributeError, match="'Namespace' object has no attribute 'x'"):
+        del ns.x
     assert "y=[1, 2]" in repr(ns)
     v = sm.Value("i", 5)
     v.value += 1

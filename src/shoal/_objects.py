@@ -622,7 +622,7 @@ class SNamespace(Shared):
         try:
             del self.attrs[name]
         except KeyError:
-            raise AttributeError(name) from None
+            raise AttributeError(f"'Namespace' object has no attribute {name!r}") from None
 
     @op("_dict", "_getvalue")
     def dict(self) -> Plain:

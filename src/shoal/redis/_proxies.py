@@ -398,7 +398,7 @@ def _ns_del(self: RedisProxy, name: str) -> None:
     try:
         _d_delitem(self, name)
     except KeyError:
-        raise AttributeError(name) from None
+        raise AttributeError(f"'Namespace' object has no attribute {name!r}") from None
 
 
 class RedisNamespaceProxy(RedisProxy, NamespaceProxy):
