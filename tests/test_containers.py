@@ -185,6 +185,8 @@ def test_value_and_array(manager: shoal.SyncManager) -> None:
         a[0] = "not an int"
     with pytest.raises(IndexError):
         a[10]
+    assert a._getvalue() == array.array("i", [0, 5, 0, 0])         # as Manager's
+    assert manager.Array("d", 3)._getvalue() == array.array("d", [0.0, 0.0, 0.0])
 
 
 def test_root_is_the_same_object_everywhere(manager: shoal.SyncManager) -> None:

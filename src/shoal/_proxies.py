@@ -7,6 +7,7 @@ copies; ``repr``/``==`` work on such a copy, as on the local type.
 
 from __future__ import annotations
 
+import array
 import multiprocessing.managers
 import os
 import threading
@@ -622,6 +623,14 @@ class ArrayProxy(BaseProxy):
 
     def tolist(self) -> list[Any]:
         return self._call("tolist")  # type: ignore[no-any-return]
+
+    def _getvalue(self) -> Any:
+        """A local ``array.array``, as Manager's."""
+        try:
+            typecode = self._call("_typecode")
+        except RemoteError:                 # a registered type's object: it comes as it is
+            return BaseProxy._getvalue(self)
+        return array.array(typecode, self.tolist())
 
     def __repr__(self) -> str:
         return _own_repr(self, lambda: f"array({self._call('_typecode')!r}, {self.tolist()!r})")
