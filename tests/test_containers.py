@@ -189,6 +189,15 @@ def test_value_and_array(manager: shoal.SyncManager) -> None:
     assert manager.Array("d", 3)._getvalue() == array.array("d", [0.0, 0.0, 0.0])
 
 
+@pytest.mark.timeout(30)
+def test_number_of_objects_counts_a_dropped_cycle_at_once(manager: shoal.SyncManager) -> None:
+    before = manager._number_of_objects()
+    d = manager.dict()
+    d["me"] = d
+    del d
+    assert manager._number_of_objects() == before       # asked again at once: still exact
+
+
 def test_root_is_the_same_object_everywhere(manager: shoal.SyncManager) -> None:
     manager.root["hello"] = {"n": 1}
     other = shoal.connect(manager.address, authkey=bytes(manager._authkey))

@@ -913,11 +913,14 @@ def test_requests_queued_behind_a_per_object_lock_keep_the_reply_limit(own_serve
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("goodbye", [False, True], ids=["died", "said-goodbye"])
 @pytest.mark.parametrize("name", ["_lock_acquire", "acquire"])
-def test_a_lock_taken_for_a_client_that_left_is_given_back(served: Served, name: str) -> None:
+def test_a_lock_taken_for_a_client_that_left_is_given_back(served: Served, name: str,
+                                                           goodbye: bool) -> None:
     """A lock request sent without waiting, queued behind a per-object lock by a client that
     then went away, runs when the per-object lock is let go (it was sent): what it took is
-    given back at once, not held for ever by nobody."""
+    given back at once, not held for ever by nobody (its client never knew it had it, even
+    one that ended normally)."""
     with Raw(served) as a, Raw(served) as b:
         typeid = "dict" if name == "_lock_acquire" else "Lock"
         _, ref = a.call(0, "create", [typeid, [], {}])
@@ -927,6 +930,8 @@ def test_a_lock_taken_for_a_client_that_left_is_given_back(served: Served, name:
         body = _pack([oid, name, [] if name == "_lock_acquire" else [True, -1, 1]])
         gone.sock.sendall(P.HEADER.pack(len(body), 0) + body)      # sent without waiting
         time.sleep(0.2)
+        if goodbye:
+            assert gone.call(0, "goodbye", [])[0] == P.REPLY_OK
         gone.sock.close()
         time.sleep(0.2)
         assert a.call(oid, "_lock_release", []) == (P.REPLY_OK, None)
@@ -983,3 +988,30 @@ def test_bad_arguments_to_the_servers_own_operations(served: Served) -> None:
         status, (_name, _args, message) = a.reply(rid)   # type: ignore[misc]
         assert status == P.REPLY_ERROR and "Invalid msgpack format" in message, message
     assert_healthy(served)
+
+
+@pytest.mark.timeout(60)
+def test_a_put_sent_without_waiting_by_a_paused_client_lands(own_server: Served) -> None:
+    """Its client is over the limit of unread replies when the per-object lock it waited for
+    is let go, and then goes away: the put, which makes no reply, still runs (it was sent),
+    and before the requests that came after it."""
+    with Raw(own_server) as holder, Raw(own_server) as other:
+        _, ref = holder.call(0, "create", ["Queue", [], {}])
+        q = _ref(ref)
+        _, ref = holder.call(0, "create", ["list", [list(range(30_000))], {}])
+        big = _ref(ref)
+        assert holder.call(q, "_lock_acquire", []) == (P.REPLY_OK, True)
+        x = Raw(own_server)
+        body = _pack([q, "put_nowait", ["sent"]])
+        x.sock.sendall(P.HEADER.pack(len(body), 0) + body)         # queued behind the lock
+        time.sleep(0.2)
+        copy = _pack([big, "copy", []])                             # ~60 MiB of replies, unread
+        x.sock.sendall(b"".join(P.HEADER.pack(len(copy), 1000 + i) + copy for i in range(400)))
+        time.sleep(1.0)
+        rid = other.send_body(_pack([q, "get_nowait", []]))       # queued after the put
+        time.sleep(0.2)
+        assert holder.call(q, "_lock_release", []) == (P.REPLY_OK, None)
+        assert other.reply(rid) == (P.REPLY_OK, "sent")
+        holder.call(q, "put_nowait", ["again"])
+        x.sock.close()
+    assert_healthy(own_server)

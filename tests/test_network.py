@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -297,3 +298,39 @@ def test_a_server_killed_with_sigkill_can_start_again_on_its_socket_path(
             shoal.Manager(address=path)
     finally:
         again.shutdown()
+
+
+def _listen_at(path: str, barrier: Any, out: Any) -> None:
+    from shoal._transport import listen
+    barrier.wait()
+    try:
+        sock, _, _ = listen(path)
+        out.put("listening")
+        barrier.wait()                     # both have said, before either closes
+        sock.close()
+    except OSError:
+        out.put("refused")
+        barrier.wait()
+
+
+@pytest.mark.timeout(120)
+def test_two_servers_starting_at_one_socket_path_do_not_both_listen(
+        tmp_path: pathlib.Path) -> None:
+    """One that has bound but not yet listened refuses connections: the other must not take
+    it for a dead server's socket and replace it."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    path = str(tmp_path / "race.sock")
+    both = 0
+    for _ in range(200):
+        if os.path.exists(path):
+            os.unlink(path)
+        barrier, out = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_listen_at, args=(path, barrier, out)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        said = sorted(out.get(timeout=10) for _ in procs)
+        for p in procs:
+            p.join(10)
+        both += said == ["listening", "listening"]
+    assert both == 0

@@ -247,6 +247,17 @@ _WithStdlibProxies.register("Lock", threading.Lock, managers.AcquirerProxy)
 _WithStdlibProxies.register("Thing", Thing, ThingProxy)
 
 
+class LoggingThingProxy(ThingProxy):
+    calls = 0
+
+    def get(self) -> int:
+        type(self).calls += 1
+        return super().get() + 10
+
+
+_WithStdlibProxies.register("LoggingThing", Thing, LoggingThingProxy)
+
+
 def _read_both(e: Any, t: Any, q: Any) -> None:
     q.put((e.is_set(), t.get()))
 
@@ -264,6 +275,8 @@ def test_multiprocessings_own_proxy_classes_as_proxytype(method: str) -> None:
             assert lock.acquire(False) is False
         t = m.Thing()
         assert t.get() == 1 and type(t).__name__ == "ThingProxy"
+        assert isinstance(t, ThingProxy) and isinstance(t, managers.BaseProxy)
+        assert m.LoggingThing().get() == 11               # super() in a subclass
         q = ctx.Queue()
         p = ctx.Process(target=_read_both, args=(e, t, q))       # they pickle, too
         p.start()

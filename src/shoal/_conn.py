@@ -404,11 +404,12 @@ class Conn:
             want = READ
         self._want(want)
 
-    def let_go(self) -> None:
-        """Give back everything this closed connection holds or waits on."""
+    def let_go(self, clean: bool | None = None) -> None:
+        """Give back everything this closed connection holds or waits on (as after an end
+        that was ``clean``, by default its own)."""
         involved, self.involved = list(self.involved), weakref.WeakSet()
         for obj in involved:
-            obj.client_gone(self, self.clean)
+            obj.client_gone(self, self.clean if clean is None else clean)
 
     def close(self) -> None:
         if self.closed:

@@ -201,20 +201,22 @@ _adopted: dict[type, type[BaseProxy]] = {}
 
 def adopt_proxy_type(cls: Any) -> Any:
     """A proxy class written on multiprocessing's own BaseProxy (its EventProxy, a user's
-    subclass made for Manager) as one of shoal's: the same methods, which reach the referent
-    only through ``_callmethod``, on shoal's BaseProxy. Anything else is returned as it is."""
+    subclass made for Manager) made one of shoal's: a subclass of shoal's BaseProxy and of
+    ``cls``, whose methods reach the referent only through ``_callmethod``, which shoal's
+    BaseProxy then gives (it comes first). What ``cls`` itself sets that shoal's BaseProxy
+    also has (``_exposed_``, ``__repr__``...) is kept. Anything else is returned as it is."""
     if not isinstance(cls, type) or not issubclass(cls, _MP_BASE_PROXY) \
             or issubclass(cls, BaseProxy):
         return cls
     adopted = _adopted.get(cls)
     if adopted is None:
-        ns: dict[str, Any] = {}
-        for klass in reversed(cls.__mro__):
-            if klass is not object and klass is not _MP_BASE_PROXY:
-                ns.update((k, v) for k, v in vars(klass).items()
-                          if k not in ("__dict__", "__weakref__"))
-        ns["_adopted_from"] = cls
-        adopted = _adopted[cls] = type(cls.__name__, (BaseProxy,), ns)
+        ours = {name for klass in BaseProxy.__mro__ for name in vars(klass)}
+        ns: dict[str, Any] = {"_adopted_from": cls}
+        for klass in reversed(cls.__mro__[:cls.__mro__.index(_MP_BASE_PROXY)]):
+            ns.update((k, v) for k, v in vars(klass).items() if k in ours and k not in (
+                "__init__", "__reduce__", "__dict__", "__weakref__", "__module__",
+                "__qualname__", "__doc__"))
+        adopted = _adopted[cls] = type(cls.__name__, (BaseProxy, cls), ns)
     return adopted
 
 

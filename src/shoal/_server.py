@@ -163,7 +163,6 @@ class Server:
                            make_ref=self.lookup_ref, from_opaque=Opaque)
         self.plain_codec = PlainCodec(ref_of=lambda obj: self.encoding_for._ref_of(obj),  # type: ignore[union-attr]
                                        make_ref=self.lookup_ref, from_opaque=Opaque)
-        self._next_collect = 0.0      # see _collect
         self.journal_codec = Codec(ref_of=_ref_of_shared, make_ref=self._restore_ref,
                                    from_opaque=Opaque, pickle_unknown=False)
         self._snapshot_child: tuple[int, int, int] | None = None  # (pid, generation, pipe)
@@ -275,15 +274,17 @@ class Server:
                 conn.parked -= 1
                 if conn.closed:
                     continue
-            if conn in held_back or (conn.paused and not conn.closed):
+            if rid and (conn in held_back or conn.paused):
+                # Its client is over the limit of unread replies: this waits, in front of
+                # its unread requests. (One sent without waiting makes no reply: it runs.)
                 held_back.setdefault(conn, []).append(HEADER.pack(len(body), rid) + body)
                 continue
             # One sent without waiting runs even if its client has gone since (it was sent);
-            # what it took, if anything, is given back at once.
+            # what it took, if anything, is given back at once (its client never knew).
             before = len(conn.out)
             self.handle(conn, rid, body)
             if conn.closed:
-                conn.let_go()
+                conn.let_go(clean=False)
             elif len(conn.out) > before:
                 conn.mark_dirty()
                 size = sizes[conn] = sizes.get(conn, conn.backlog) + sum(
@@ -913,22 +914,12 @@ class Server:
             "persistence": persistence,
         }
 
-    def _collect(self) -> None:
-        """A full collection, so that counts of live objects are exact; however often
-        clients ask, it takes at most a tenth of the server's time."""
-        start = time.monotonic()
-        if start < self._next_collect:
-            return
-        gc.collect()
-        end = time.monotonic()
-        self._next_collect = end + 9 * (end - start)
-
     def number_of_objects(self) -> int:
-        self._collect()
+        gc.collect()             # (exact: objects in reference cycles are counted once freed)
         return sum(1 for o in self.live_objects() if o is not self.ops and o is not self.root)
 
     def debug_info(self) -> str:
-        self._collect()
+        gc.collect()
         lines = []
         for obj in sorted(self.live_objects(), key=lambda o: o.oid):
             oid = obj.oid

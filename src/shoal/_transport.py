@@ -6,12 +6,15 @@ and ``"host:port"`` strings are accepted wherever an address is.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import socket
 import ssl
 import stat
 import tempfile
+from collections.abc import Iterator
 from typing import Any, Union
 
 from ._errors import ConnectionLost, ProtocolError, ServerNotRunning
@@ -60,15 +63,20 @@ def listen(address: Address | None) -> tuple[socket.socket, Address, str | None]
     if isinstance(address, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            try:
-                sock.bind(address)
-            except OSError as e:
-                if e.errno != errno.EADDRINUSE or not _stale(address):
-                    raise
-                # The socket file of a server that died (kill -9 leaves it): nothing answers
-                # there, so it is ours to replace.
-                os.unlink(address)
-                sock.bind(address)
+            # Binding and listening under a lock on the directory: a server that has bound but
+            # not yet listened refuses connections too, and must not be taken for a dead one
+            # by another starting at the same path.
+            with _locked_dir(os.path.dirname(os.path.abspath(address))):
+                try:
+                    sock.bind(address)
+                except OSError as e:
+                    if e.errno != errno.EADDRINUSE or not _stale(address):
+                        raise
+                    # The socket file of a server that died (kill -9 leaves it): nothing
+                    # answers there, so it is ours to replace.
+                    os.unlink(address)
+                    sock.bind(address)
+                sock.listen(512)
         except OSError:
             sock.close()
             raise
@@ -85,9 +93,28 @@ def listen(address: Address | None) -> tuple[socket.socket, Address, str | None]
             raise
         host, port = sock.getsockname()[:2]
         real = (host, port)
-    sock.listen(512)
+        sock.listen(512)
     sock.setblocking(False)
     return sock, real, private_dir
+
+
+@contextlib.contextmanager
+def _locked_dir(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on a directory; where none can be taken (no right to read it,
+    a file system without locks), go on without: the race it closes is rare."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)           # (and the lock with it)
 
 
 def _stale(path: str) -> bool:
