@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -62,3 +66,67 @@ def test_no_command_prints_usage_and_fails() -> None:
     proc = _run(timeout=50)
     assert proc.returncode == 2
     assert "demo" in proc.stderr
+
+
+def _alive_in_session(sid: int) -> list[int]:
+    """The pids of session ``sid`` that have not ended (zombies, ended but not reaped, excluded)."""
+    alive = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # after the command, which ends with ')': state, ppid, process group, session
+            state, _, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue                  # ended meanwhile
+        if int(session) == sid and state != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
+@pytest.mark.parametrize(("moment", "started"), [("row", 0), ("(b) nested", 2)])
+def test_ctrl_c_ends_the_demo_and_every_process_it_started(tmp_path: pathlib.Path, moment: str,
+                                                           started: int) -> None:
+    # Ctrl-C in a terminal sends SIGINT to the whole process group: here, once the table has
+    # printed up to ``moment`` and ``started`` more processes have appeared. ("row": the pool
+    # takes on the tasks of (a); "(b) nested", 2: the counting processes of (c) are starting.)
+    # It used to kill pool workers holding the pool's queue lock, or counting processes inside
+    # their Barrier, and the demo then hung, though not every time: so, 8 times.
+    for attempt in range(8):
+        with open(tmp_path / f"stderr{attempt}", "w+") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "shoal", "demo", "--start-method", "fork"],
+                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                # a child of a shell in the background would ignore SIGINT; Python then
+                # installs no KeyboardInterrupt
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            try:
+                assert proc.stdout is not None
+                before = 0
+                for line in proc.stdout:
+                    if line.startswith("row"):          # the servers and the pool are up
+                        before = len(_alive_in_session(proc.pid))
+                    if line.startswith(moment):
+                        break
+                deadline = time.monotonic() + 10
+                while len(_alive_in_session(proc.pid)) < before + started:
+                    assert time.monotonic() < deadline, "the demo started no new processes"
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"attempt {attempt}: the demo still runs 30 s after Ctrl-C")
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                proc.stdout.close()                       # type: ignore[union-attr]
+            err.seek(0)
+            assert proc.returncode == 130, err.read()
+        for _ in range(100):             # the servers and workers end as the demo exits
+            left = _alive_in_session(proc.pid)
+            if not left:
+                break
+            time.sleep(0.1)
+        assert not left, f"still running after the demo: {left}"

@@ -17,11 +17,13 @@ find them.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import platform
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._managers import Manager as ShoalManager
@@ -34,6 +36,14 @@ INCREMENTS = 500
 
 
 # -- work done in the pool's processes (module level: spawn and forkserver import them) ---------
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches every process of the terminal's group, but only the main process should
+    # act on it: it stops the workers itself. A pool worker killed by it while holding the
+    # pool's task-queue lock leaves Pool.terminate() waiting for ever.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})    # see _sigint_held
+
 
 def _noop(_: Any) -> None:
     pass
@@ -57,23 +67,53 @@ def _locked_copy_back(i: int, d: Any, lock: Any) -> None:
         lock.release()
 
 
-def _count_racy(d: Any, n: int, start: Any) -> None:
-    start.wait()
+def _count_racy(d: Any, n: int) -> None:
     for _ in range(n):
         d['n'] += 1          # a read, then a write: another process may write in between
 
 
-def _count_incr(d: Any, n: int, start: Any) -> None:
-    start.wait()
+def _count_incr(d: Any, n: int) -> None:
     for _ in range(n):
         d.incr('n')          # one atomic request to the server
 
 
-def _count_locked(d: Any, n: int, start: Any, lock: Any) -> None:
-    start.wait()
+def _count_locked(d: Any, n: int, lock: Any) -> None:
     for _ in range(n):
         with lock:
             d['n'] += 1
+
+
+def _counting_process(work: Callable[..., None], d: Any, ready: Any, go: Any,
+                      *extra: Any) -> None:
+    """A counter row's process: say it is up, wait for the others, then count with ``work``."""
+    _ignore_sigint()
+    ready.release()
+    go.acquire()
+    work(d, INCREMENTS, *extra)
+
+
+# -- starting processes ------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold SIGINT back in the main process while it starts workers.
+
+    A worker inherits the mask and lets SIGINT through only once it ignores it, so Ctrl-C
+    cannot kill one half started. And the main process gets its KeyboardInterrupt here, not
+    inside fork's at-fork hooks, which would print and drop it (the demo would go on).
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _pool(ctx: Any) -> Any:
+    """A Pool whose workers ignore SIGINT. (Interrupted as it returns, the pool is terminated by
+    its own exit handler.)"""
+    with _sigint_held():
+        return ctx.Pool(PROCS, initializer=_ignore_sigint)
 
 
 # -- rows --------------------------------------------------------------------------------------
@@ -99,16 +139,29 @@ def _pool_row(pool: Any, mgr: Any, work: Callable[..., None], nested: bool,
 def _counter_row(ctx: Any, mgr: Any, work: Callable[..., None], lock: Any = None) -> Result:
     d = mgr.dict()
     d['n'] = 0
-    start = ctx.Barrier(PROCS + 1)    # everyone starts together, so process start-up is not timed
+    # Everyone starts together, so that process start-up is not timed. Semaphores, not a
+    # Barrier: a KeyboardInterrupt inside multiprocessing's Barrier breaks its locks.
+    ready, go = ctx.Semaphore(0), ctx.Semaphore(0)
     extra = () if lock is None else (lock,)
-    procs = [ctx.Process(target=work, args=(d, INCREMENTS, start) + extra) for _ in range(PROCS)]
-    for p in procs:
-        p.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for p in procs:
-        p.join()
-    elapsed = time.perf_counter() - t0
+    procs = [ctx.Process(target=_counting_process, args=(work, d, ready, go) + extra)
+             for _ in range(PROCS)]
+    try:
+        with _sigint_held():
+            for p in procs:
+                p.start()
+        for _ in procs:
+            ready.acquire()
+        t0 = time.perf_counter()
+        for _ in procs:
+            go.release()
+        for p in procs:
+            p.join()
+        elapsed = time.perf_counter() - t0
+    finally:
+        for p in procs:      # after Ctrl-C: they ignore SIGINT, and must not outlive the demo
+            if p.is_alive():
+                p.terminate()
+                p.join()
     if any(p.exitcode != 0 for p in procs):
         raise RuntimeError("a counting process failed; see its traceback above")
     return d['n'], elapsed
@@ -161,7 +214,7 @@ def run(start_method: str | None = None) -> int:
           f"Python {platform.python_version()}\n")
     print(HEADINGS + "\n")
     t_all = time.perf_counter()
-    with ctx.Manager() as mp_mgr, ShoalManager(ctx=ctx) as sh_mgr, ctx.Pool(PROCS) as pool:
+    with ctx.Manager() as mp_mgr, ShoalManager(ctx=ctx) as sh_mgr, _pool(ctx) as pool:
         pool.map(_noop, range(4 * PROCS), chunksize=1)     # workers up before any timing
         print(_line("row", "multiprocessing.Manager", "shoal"))
         print(_line("-" * W_LABEL, "-" * W_CELL, "-" * W_CELL))
