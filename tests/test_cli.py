@@ -1,4 +1,4 @@
-"""The command line: every command's --help, and bench --quick writing its plot."""
+"""The command line: every command's --help, bench, and the errors of bad arguments."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+
+from .test_network import _keyfile
 
 COMMANDS = ["demo", "serve", "inspect", "bench"]
 
@@ -41,3 +43,17 @@ def test_bench_quick_prints_a_table_and_writes_the_png(tmp_path: pathlib.Path) -
     assert "| d[k] = v |" in out.stdout and "Manager / shoal" in out.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Manager" in js.read_text()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["a file", "a path under a file"])
+def test_serve_names_a_persistence_directory_it_cannot_use(tmp_path: pathlib.Path,
+                                                           where: str) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    persist = afile if where == "a file" else afile / "sub"
+    out = shoal("serve", "--address", "127.0.0.1:0", "--authkey-file", str(_keyfile(tmp_path)),
+                "--persist", str(persist), timeout=30)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"shoal serve: cannot use the persistence directory "
+                                 f"'{persist}': "), out.stderr

@@ -72,8 +72,9 @@ def serve(address: str, authkey_file: str, tls_cert: str | None = None,
     """Run a server until SIGINT or SIGTERM; return the exit status."""
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s shoal %(levelname)s %(message)s")
+    where: Any = None
     try:
-        where: Any = parse_address(address)
+        where = parse_address(address)
         key = read_authkey(authkey_file)
         context = server_tls(tls_cert, tls_key)
         if isinstance(where, str) and context is not None:
@@ -85,7 +86,15 @@ def serve(address: str, authkey_file: str, tls_cert: str | None = None,
         print(f"shoal serve: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"shoal serve: cannot listen on {address!r}: {e.strerror or e}", file=sys.stderr)
+        # The socket calls name no file (chmod names a Unix socket's path): an error that names
+        # another one came from the persistence directory or a file in it.
+        if persist is not None and e.filename not in (None, where):
+            what = f"cannot use the persistence directory {persist!r}"
+            if os.path.abspath(e.filename) != os.path.abspath(persist):
+                what += f" ({e.filename})"
+        else:
+            what = f"cannot listen on {address!r}"
+        print(f"shoal serve: {what}: {e.strerror or e}", file=sys.stderr)
         return 2
     if not isinstance(server.address, str) and context is None and not _loopback(server.address[0]):
         log.warning("serving on %s without TLS: the authkey protects who may connect, but "
