@@ -96,3 +96,16 @@ def test_inspect_shows_what_persistence_wrote_and_synced(tmp_path: pathlib.Path)
         assert p["records"] >= 10 and 10 <= p["fsyncs"] <= p["records"]
         assert p["journal_bytes"] > 0
         assert "PERSISTENCE" in _inspect(served.address, _keyfile(tmp_path))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf"])
+def test_inspect_refuses_a_bad_interval_before_it_connects(tmp_path: pathlib.Path,
+                                                           interval: str) -> None:
+    for served in _serve(tmp_path):
+        out = subprocess.run([sys.executable, "-m", "shoal", "inspect", served.address,
+                              "--authkey-file", str(_keyfile(tmp_path)), "--json", "--watch",
+                              "--interval", interval], capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 2 and out.stdout == ""
+        assert "error: argument --interval: must be above 0" in out.stderr, out.stderr

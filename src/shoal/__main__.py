@@ -93,6 +93,17 @@ def _add_serve(sub: _Subparsers) -> None:
 
 # -- inspect -----------------------------------------------------------------------------------
 
+def _interval(text: str) -> float:
+    """``--interval``: seconds above 0, at most a day (far beyond, time.sleep() overflows)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds <= 86400:        # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 86400 seconds, not {text}")
+    return seconds
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ._inspect import inspect
     return inspect(args.address, args.authkey_file, as_json=args.json, watch=args.watch,
@@ -117,7 +128,8 @@ def _add_inspect(sub: _Subparsers) -> None:
     p.add_argument("--authkey-file", required=True, help="file holding the server's key")
     p.add_argument("--json", action="store_true", help="print JSON (with --watch: one per line)")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--interval", type=_interval, default=1.0, metavar="SECONDS",
+                   help="with --watch: seconds between refreshes (default 1)")
     p.add_argument("--tls-ca", metavar="CAFILE", help="connect with TLS, trusting this CA file")
     p.set_defaults(func=_cmd_inspect)
 
