@@ -109,3 +109,18 @@ def test_inspect_refuses_a_bad_interval_before_it_connects(tmp_path: pathlib.Pat
                              timeout=30)
         assert out.returncode == 2 and out.stdout == ""
         assert "error: argument --interval: must be above 0" in out.stderr, out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_inspect_watch_ends_quietly_when_its_reader_goes(tmp_path: pathlib.Path) -> None:
+    for served in _serve(tmp_path):
+        proc = subprocess.Popen([sys.executable, "-m", "shoal", "inspect", served.address,
+                                 "--authkey-file", str(_keyfile(tmp_path)), "--json", "--watch",
+                                 "--interval", "0.05"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline())["server"]
+        proc.stdout.close()                  # as ``| head -1`` does after one line
+        assert proc.wait(30) == 141          # 128 + SIGPIPE, as other tools end
+        assert proc.stderr.read() == ""
+        proc.stderr.close()
