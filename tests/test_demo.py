@@ -94,13 +94,16 @@ def test_ctrl_c_ends_the_demo_and_every_process_it_started(tmp_path: pathlib.Pat
     # their Barrier, and the demo then hung, though not every time: so, 8 times.
     for attempt in range(8):
         with open(tmp_path / f"stderr{attempt}", "w+") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal", "demo", "--start-method", "fork"],
-                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                # a child of a shell in the background would ignore SIGINT; Python then
-                # installs no KeyboardInterrupt
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            # Run from a shell in the background, pytest ignores SIGINT, and so would the demo,
+            # which then has no KeyboardInterrupt: let it inherit the default instead.
+            sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "shoal", "demo", "--start-method", "fork"],
+                    stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+                    env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            finally:
+                signal.signal(signal.SIGINT, sigint)
             try:
                 assert proc.stdout is not None
                 before = 0
