@@ -8,6 +8,7 @@ socket floor, many clients, bulk work, persistence and memory, is in ``benchmark
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -18,7 +19,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from ._managers import Manager
+from ._errors import ShoalError
+from ._managers import _REDIS_SCHEMES, Manager, connect
 
 __all__ = ["run", "CASES"]
 
@@ -93,19 +95,17 @@ def _progress(done: int, total: int, label: str) -> None:
         sys.stderr.write("\n")
 
 
-def measure(rounds: int, ops: int, redis_url: str | None = None) -> dict[str, dict[str, float]]:
-    """µs per op, the median over ``rounds``, for each case and system."""
+def measure(rounds: int, ops: int, redis: Any = None) -> dict[str, dict[str, float]]:
+    """µs per op, the median over ``rounds``, for each case and system (``redis``: a manager
+    connected to Redis, to time too)."""
     with ExitStack() as stack:
         systems: dict[str, dict[str, Any]] = {}
         mp = stack.enter_context(multiprocessing.Manager())
         systems["Manager"] = _objects(mp)
         sh = stack.enter_context(Manager())
         systems["shoal"] = _objects(sh)
-        if redis_url:
-            from . import connect
-            rm = connect(redis_url)
-            stack.callback(getattr(rm, "shutdown", lambda: None))
-            systems["shoal on Redis"] = _objects(rm)
+        if redis is not None:
+            systems["shoal on Redis"] = _objects(redis)
         samples: dict[str, dict[str, list[float]]] = {c: {s: [] for s in systems} for c in CASES}
         names = list(systems)
         total, done = rounds * len(CASES) * len(names), 0
@@ -155,16 +155,76 @@ def plot(result: dict[str, dict[str, float]], path: str) -> None:
     plt.close(fig)
 
 
+def _unwritable(path: str, what: str) -> str | None:
+    """Why ``path`` cannot be written, as far as can be told before writing it; None if it can."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        why = "it is a directory"
+    elif not os.path.isdir(folder):
+        why = f"there is no directory {folder!r}"
+    elif not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path)
+                                                    and not os.access(path, os.W_OK)):
+        why = "permission denied"
+    else:
+        return None
+    return f"cannot write the {what} to {path!r}: {why}"
+
+
+def _problem(png: str | None, as_json: str | None, redis_url: str | None) -> str | None:
+    """What can be told wrong with the arguments before the run (rather than after it)."""
+    if as_json and (problem := _unwritable(as_json, "JSON")):
+        return problem
+    if png and (problem := _unwritable(png, "plot")):
+        return problem
+    if png and importlib.util.find_spec("matplotlib") is None:
+        return "the plot needs matplotlib: pip install 'shoal[plot]'"
+    if redis_url and not redis_url.startswith(_REDIS_SCHEMES):
+        return f"--redis takes a URL starting with {', '.join(_REDIS_SCHEMES)}; not {redis_url!r}"
+    return None
+
+
+def _write(path: str, what: str, write: Callable[[str], None]) -> bool:
+    """``write(path)``; False, saying why on stderr, if it failed."""
+    try:
+        write(path)
+    except (OSError, ValueError) as e:        # ValueError: a format matplotlib does not know
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        print(f"shoal bench: cannot write the {what} to {path!r}: {why}", file=sys.stderr)
+        return False
+    print(f"{what} written to {path}")
+    return True
+
+
 def run(quick: bool = False, png: str | None = None, as_json: str | None = None,
         redis_url: str | None = None) -> int:
+    problem = _problem(png, as_json, redis_url)
+    if problem:
+        print(f"shoal bench: {problem}", file=sys.stderr)
+        return 2
+    redis = None
+    if redis_url:
+        try:
+            redis = connect(redis_url)
+        except ShoalError as e:               # it names Redis and the URL
+            print(f"shoal bench: {e}", file=sys.stderr)
+            return 1
+        except (ValueError, ImportError) as e:      # a bad URL; no redis-py
+            print(f"shoal bench: cannot use --redis {redis_url!r}: {e}", file=sys.stderr)
+            return 2
     rounds, ops = (3, 300) if quick else (7, 2000)
-    result = measure(rounds, ops, redis_url)
+    try:
+        result = measure(rounds, ops, redis)
+    finally:
+        if redis is not None:
+            redis.shutdown()
     print(f"medians of {rounds} interleaved rounds x {ops} ops, nproc {os.cpu_count()}")
     print(table(result))
+    ok = True
     if as_json:
-        with open(as_json, "w") as f:
-            json.dump(result, f, indent=1, sort_keys=True)
+        def write_json(path: str) -> None:
+            with open(path, "w") as f:
+                json.dump(result, f, indent=1, sort_keys=True)
+        ok = _write(as_json, "JSON", write_json)
     if png:
-        plot(result, png)
-        print(f"plot written to {png}")
-    return 0
+        ok = _write(png, "plot", lambda path: plot(result, path)) and ok
+    return 0 if ok else 1
