@@ -124,3 +124,10 @@ def test_inspect_watch_ends_quietly_when_its_reader_goes(tmp_path: pathlib.Path)
         assert proc.wait(30) == 141          # 128 + SIGPIPE, as other tools end
         assert proc.stderr.read() == ""
         proc.stderr.close()
+
+
+@pytest.mark.timeout(60)
+def test_inspect_names_the_server_as_serve_does(tmp_path: pathlib.Path) -> None:
+    for served in _serve(tmp_path):                  # served.address: what serve printed
+        header = _inspect(served.address, _keyfile(tmp_path)).splitlines()[0]
+        assert f" on {served.address} " in header, header

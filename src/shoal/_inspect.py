@@ -9,7 +9,7 @@ from typing import Any
 
 from ._errors import ShoalError
 from ._managers import connect
-from ._serve import ConfigError, read_authkey
+from ._serve import ConfigError, format_address, read_authkey
 
 __all__ = ["snapshot", "render", "inspect"]
 
@@ -33,9 +33,9 @@ def _ago(seconds: float | None) -> str:
 def render(state: dict[str, Any]) -> str:
     """The text report."""
     s = state["server"]
-    lines = [f"shoal server pid {s['pid']} on {s['address']}  up {_ago(s['uptime'])}  "
-             f"{s['ops_per_sec']:.0f} ops/s  {s['calls']} calls  nested={s['nested']}"
-             + ("  tls" if s["tls"] else ""), ""]
+    lines = [f"shoal server pid {s['pid']} on {format_address(s['address'])}  "
+             f"up {_ago(s['uptime'])}  {s['ops_per_sec']:.0f} ops/s  {s['calls']} calls  "
+             f"nested={s['nested']}" + ("  tls" if s["tls"] else ""), ""]
     p = state.get("persistence")
     if p is not None:
         lines += [f"PERSISTENCE  {p['dir']}  fsync={p['fsync']}  journal {p['journal_bytes']} B  "
