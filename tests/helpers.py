@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -139,3 +140,16 @@ def interrupted_after(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def end_process(proc: Any, timeout: float = 10.0) -> None:
+    """SIGTERM ``proc`` (a ``subprocess.Popen``), then SIGKILL if it has not ended within
+    ``timeout``: a test leaves no server behind (a stuck one would take a CPU from every test
+    after it)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -45,6 +45,8 @@ import pytest
 import shoal
 from shoal import _client
 
+from .helpers import end_process
+
 KEY = b"crash-test-authkey-0123456789abc"
 CLIENTS = 3
 FRAME_HEADER = 8
@@ -95,9 +97,7 @@ def serve(directory: pathlib.Path, keyfile: pathlib.Path, fsync: str,
         assert line.startswith("shoal serving on tcp://127.0.0.1:"), (line, proc.wait(10))
         yield Server(proc, line.split()[-1])
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        end_process(proc)
         if proc.stdout:
             proc.stdout.close()
 

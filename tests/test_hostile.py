@@ -15,7 +15,6 @@ import os
 import pathlib
 import pickle
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from shoal import _protocol as P
 from shoal._codec import BIGINT, FROZENSET, OPAQUE, REF, SET, SLICE, TUPLE
 
 from .fuzz.fuzz_frames import TestOneInput, frame_input
+from .helpers import end_process
 
 KEY = b"aG9zdGlsZS10ZXN0LWtleS0zMi1ieXRlcy1sb25nIQ=="
 HANDSHAKE_TIMEOUT = 1.0
@@ -94,9 +94,7 @@ def _serve(directory: pathlib.Path, *extra: str) -> Iterator[Served]:
         assert line.startswith("shoal serving on tcp://"), line + log.read_text()
         yield Served(proc, line.split()[-1], log)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        end_process(proc)
         if proc.stdout:
             proc.stdout.close()
 

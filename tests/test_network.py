@@ -17,6 +17,8 @@ import pytest
 import shoal
 from shoal import _protocol as P
 
+from .helpers import end_process
+
 KEY = b"c2hvYWwtdGVzdC1rZXktMzItYnl0ZXMtbG9uZyE="
 
 
@@ -44,9 +46,7 @@ def _serve(tmp_path: pathlib.Path, *extra: str) -> Iterator[Served]:
                                                                    if proc.stderr else "")
         yield Served(proc, line.split()[-1])
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        end_process(proc)
         for f in (proc.stdout, proc.stderr):
             if f:
                 f.close()
