@@ -286,6 +286,16 @@ def test_namespace_and_value(sm: Any) -> None:
     assert v.value == "now a str" and repr(v) == "Value('i', 'now a str')"
 
 
+def test_dict_pairs_may_be_any_iterable_of_two(sm: Any) -> None:
+    # As dict(): an iterator or a str of two is a pair (the local server got them pickled).
+    d = sm.dict()
+    d.update([iter((1, 2)), "ab", (3, 4)])
+    assert d.copy() == {1: 2, "a": "b", 3: 4}
+    assert sm.dict([iter(("x", "y"))]).copy() == {"x": "y"}
+    with pytest.raises(TypeError):
+        d.update([5])
+
+
 @pytest.mark.timeout(30)
 def test_str_of_sync_proxies(sm: Any) -> None:
     # Manager's str() shows the referent; shoal's said "'__str__()' failed" for these.

@@ -22,7 +22,7 @@ from . import _client
 from ._client import get_connection
 from ._errors import ConnectionLost
 from ._proxies import (ArrayProxy, AutoProxy, BaseProxy, DictProxy, ListProxy, NamespaceProxy,
-                       Token, ValueProxy, adopt_proxy_type)
+                       Token, ValueProxy, adopt_proxy_type, wire_pairs)
 from ._server import Registration, Server, keep_freed_memory
 from ._syncproxies import (AsyncResultProxy, BarrierProxy, ConditionProxy, EventProxy,
                            IteratorProxy, LockProxy, PoolProxy, QueueProxy, RLockProxy,
@@ -356,7 +356,10 @@ class SyncManager(BaseManager):
 
     def dict(self, *args: Any, **kwds: Any) -> DictProxy:
         """A new shared dict, made as ``dict(*args, **kwds)`` would be."""
-        return self._create_proxy("dict", [_listable(a, self._address) for a in args], kwds)  # type: ignore[no-any-return]
+        args = tuple(_listable(a, self._address) for a in args)
+        if args and type(args[0]) in (builtins.list, builtins.tuple):
+            args = (wire_pairs(args[0]), *args[1:])
+        return self._create_proxy("dict", list(args), kwds)  # type: ignore[no-any-return]
 
     def list(self, *args: Any) -> ListProxy:
         """A new shared list, made as ``list(*args)`` would be."""

@@ -273,13 +273,34 @@ def _wire_iterable(x: Any, proxy: BaseProxy, keys: bool = True) -> Any:
     they are, a shared container of the same server by reference, anything else (a subclass,
     a generator, another server's proxy) as a plain list, or dict when ``keys`` and it has
     keys."""
-    if type(x) in (list, tuple) or (keys and type(x) is dict):
+    if type(x) in (list, tuple):
+        return wire_pairs(x) if keys else x
+    if keys and type(x) is dict:
         return x
     if isinstance(x, (ListProxy, DictProxy)) and x._address == proxy._address:
         return x
     if keys and hasattr(x, "keys"):
         return dict(x)
     return list(x)
+
+
+_PAIR_TYPES = frozenset({list, tuple})
+
+
+def wire_pairs(pairs: list[Any] | tuple[Any, ...]) -> Any:
+    """``dict()``'s or ``update()``'s sequence of pairs: a pair that is neither a list nor a
+    tuple (an iterator, a str) made a tuple here, as the server cannot look inside one that
+    would travel pickled. What is not iterable goes as it is, for the server's own error."""
+    if set(map(type, pairs)) <= _PAIR_TYPES:
+        return pairs
+    return [p if type(p) in _PAIR_TYPES else _as_pair(p) for p in pairs]
+
+
+def _as_pair(p: Any) -> Any:
+    try:
+        return tuple(p)
+    except TypeError:
+        return p
 
 
 def _release_object_lock(_: Any) -> tuple[str, list[Any]]:
