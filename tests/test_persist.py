@@ -413,6 +413,82 @@ def test_damage_in_the_middle_stops_the_start(tmp_path: pathlib.Path) -> None:
     assert path.read_bytes() == before               # nothing was overwritten
 
 
+@pytest.mark.timeout(60)
+def test_damage_in_a_record_over_a_mebibyte_stops_the_start(tmp_path: pathlib.Path) -> None:
+    """Its successor starts past the search for a whole record after it: it looked like a torn
+    tail, and the writes after it were cut off."""
+    with shoal.Manager(persist=tmp_path, fsync="always") as m:
+        m.root["before"] = 1
+        m.root["blob"] = b"x" * (2 * 2**20)
+        for i in range(10):
+            m.root[i] = i
+    path = _journal(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"xxxx") + 2**20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    with pytest.raises(CorruptStore, match=r"journal\.0: record at offset \d+ is damaged"):
+        Server(None, b"k", persist=str(tmp_path))
+    assert path.read_bytes() == before
+
+
+class Box:
+    def __init__(self) -> None:
+        self.items = [1]
+
+    def clear(self) -> None:
+        self.items.clear()
+
+
+class _BoxManager(shoal.SyncManager):
+    pass
+
+
+_BoxManager.register("Box", Box)
+
+
+@pytest.mark.timeout(60)
+def test_an_id_given_to_an_object_not_persisted_is_not_given_again(
+        tmp_path: pathlib.Path) -> None:
+    """A registered type's object is not journaled; after a restart a new object took its id,
+    and the old proxy reached that object."""
+    address = str(tmp_path / "s.sock")
+    m1 = _BoxManager(address=address, persist=str(tmp_path / "data"), fsync="always")
+    m1.start()
+    m1.root["x"] = 1
+    box = m1.Box()
+    it = iter(m1.root)                             # an iterator: not journaled either
+    m1._process.kill()
+    m1._process.join(5)
+    m2 = _BoxManager(address=address, persist=str(tmp_path / "data"), fsync="always")
+    m2.start()
+    try:
+        m2.root["victim"] = {"a": 1}
+        m2.root["other"] = m2.list([1])
+        with pytest.raises(ReferenceError):
+            box.clear()
+        assert m2.root["victim"] == {"a": 1} and m2.root["other"] == [1]
+        del it
+    finally:
+        m2.shutdown()
+        m1.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_a_snapshot_missing_an_object_record_stops_the_start(tmp_path: pathlib.Path) -> None:
+    # A snapshot whose end record counts one object more than it holds (a record lost).
+    from shoal._codec import Codec
+    snap = tmp_path / "snapshot"
+    encode = Codec().encode
+    records = [encode(["shoal-snapshot", 1, 0, 10]), encode([1, "dict", -1, encode({})]),
+               encode(["end", 2])]
+    snap.write_bytes(b"".join(_persist.frame(r) for r in records))
+    before = snap.read_bytes()
+    with pytest.raises(CorruptStore, match="counts 2 objects, but 1 are there"):
+        Server(None, b"k", persist=str(tmp_path))
+    assert snap.read_bytes() == before
+
+
 class FailingIO(_persist.FileIO):
     """Fails the Nth write or fsync (SQLite-style fault injection)."""
 

@@ -18,9 +18,11 @@ Both files are sequences of records, each framed as::
     8       N     body: one msgpack value (shoal's codec; opaque values stay opaque bytes)
 
 The snapshot's records: ``["shoal-snapshot", 1, gen, next id]``, then ``[id, typeid, parent id,
-state]`` for each object (the state as msgpack bytes of its own), then ``["end", count]``. The journal's: ``["shoal-journal", 1, gen]``,
-then ``[0, next id, request]`` (a request as it came from a client, replayed as it ran) and
-``[1, queue id, item]`` / ``[2, queue id]`` (an item put into / taken out of a queue).
+state]`` for each object (the state as msgpack bytes of its own), then ``["end", count]``. The
+journal's: ``["shoal-journal", 1, gen]``, then ``[0, next id, request]`` (a request as it came
+from a client, replayed as it ran), ``[1, queue id, item]`` / ``[2, queue id]`` /
+``[3, queue id, item]`` (an item put into / taken out of / put back first into a queue) and
+``[4, next id]`` (an id given to an object no journaled request makes, so never given again).
 
 On start the snapshot is loaded and the journals from its generation on are replayed, oldest
 first. A last journal whose last record is cut short (a crash in the middle of a write) is
@@ -96,7 +98,10 @@ def read_records(path: str, tolerate_torn_tail: bool) -> tuple[list[bytes], int]
         if end > n or length == 0 or zlib.crc32(body) != crc:
             # A torn last write leaves a cut-short or garbled record with nothing whole after
             # it (zeros included); a whole record further on means damage in the middle.
-            if tolerate_torn_tail and not _whole_record_after(data, pos + 1):
+            # (A large record's successor starts past the search's reach: look where its
+            # length, if intact, says the next one begins.)
+            if tolerate_torn_tail and not (end < n and _record_at(data, end)) \
+                    and not _whole_record_after(data, pos + 1):
                 break
             raise CorruptStore(f"{path}: record at offset {pos} is damaged (bad length or "
                                f"checksum); the server will not start on it, and has changed "
@@ -109,15 +114,20 @@ def read_records(path: str, tolerate_torn_tail: bool) -> tuple[list[bytes], int]
     return bodies, pos
 
 
+def _record_at(data: bytes, pos: int) -> bool:
+    """Does a whole, valid record start at ``pos``?"""
+    n = len(data)
+    if n - pos < FRAME.size:
+        return False
+    length, crc = FRAME.unpack_from(data, pos)
+    end = pos + FRAME.size + length
+    return bool(0 < length and end <= n and zlib.crc32(data[pos + FRAME.size:end]) == crc)
+
+
 def _whole_record_after(data: bytes, start: int, limit: int = 1 << 20) -> bool:
     """Is there a whole, valid record starting anywhere in ``data[start:]`` (first MiB)?"""
-    n = len(data)
-    for pos in range(start, min(n - FRAME.size, start + limit) + 1):
-        length, crc = FRAME.unpack_from(data, pos)
-        end = pos + FRAME.size + length
-        if 0 < length and end <= n and zlib.crc32(data[pos + FRAME.size:end]) == crc:
-            return True
-    return False
+    return any(_record_at(data, pos)
+               for pos in range(start, min(len(data) - FRAME.size, start + limit) + 1))
 
 
 class Store:
@@ -145,6 +155,7 @@ class Store:
         self.buffer: list[bytes] = []      # framed records waiting for commit()
         self.journal_size = 0             # bytes of the journals a restart would replay
         self.snapshot_size = 0
+        self.snapshot_next_oid = 0           # the next object id when the snapshot was taken
         self._retry_size = 0              # after a failed snapshot: journal_size to try again at
         self._unsynced = False
         self.fsync_seconds = 0.0          # how long the last commit's fsync took
@@ -169,9 +180,16 @@ class Store:
             bodies, _ = read_records(snapshot, tolerate_torn_tail=False)
             if not bodies or head(bodies[0])[:2] != ["shoal-snapshot", 1]:
                 raise CorruptStore(f"{snapshot}: not a shoal snapshot (offset 0)")
-            if head(bodies[-1])[0] != "end":
-                raise CorruptStore(f"{snapshot}: its end record is missing")
+            end = head(bodies[-1])
+            if end[0] != "end":
+                raise CorruptStore(f"{snapshot}: its end record is missing (the file ends at "
+                                   f"offset {os.path.getsize(snapshot)})")
+            if end[1] != len(bodies) - 2:
+                raise CorruptStore(f"{snapshot}: its end record counts {end[1]} objects, but "
+                                   f"{len(bodies) - 2} are there; the server will not start "
+                                   f"on it, and has changed nothing")
             gen = head(bodies[0])[2]
+            self.snapshot_next_oid = int(head(bodies[0])[3])
             self.snapshot_size = os.path.getsize(snapshot)
             snap = bodies[1:-1]
         journals: list[int] = []

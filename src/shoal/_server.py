@@ -148,6 +148,8 @@ class Server:
         self.current: Conn | None = None      # the connection whose request is running
         self.current_rid = 0
         self.flat_args = False     # the running request's arguments nest no container
+        self._in_write = False     # a write that will be journaled runs (see register)
+        self.store: Store | None = None
         self.guarded: set[Shared] = set()     # objects whose per-object lock is held now
         self._executor: ThreadPoolExecutor | None = None
         self.share: Callable[..., Any] = self._share if nested == "share" else _identity
@@ -167,7 +169,6 @@ class Server:
                                    from_opaque=Opaque, pickle_unknown=False)
         self._snapshot_child: tuple[int, int, int] | None = None  # (pid, generation, pipe)
         self._closing = False
-        self.store: Store | None = None
         self.instance = os.urandom(P.INSTANCE)      # what clients are told the objects are
         if persist is not None:
             self.store = Store(persist, fsync, store_io)
@@ -202,6 +203,11 @@ class Server:
         objects[oid] = weakref.ref(obj, _forget(objects, oid))
         if self._restored is not None:
             self._restored.append(obj)
+        elif self.store is not None and not self._in_write and self.store.failed is None:
+            # An object that no journaled write makes (a registered type's, an iterator): the
+            # journal keeps its id used, or a restart would give it to another object, and a
+            # proxy of this one would then reach that (persisting servers keep their id).
+            self.store.append(self.journal_codec.encode([4, oid + 1]))
         return oid
 
     def get(self, oid: int) -> Shared | None:
@@ -364,11 +370,15 @@ class Server:
                                   f"writes until it is restarted")
             args = msg[2]
             ran = True
-            if fn is None:
-                fn = obj.fallback(name)
-                result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
-            else:
-                result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
+            self._in_write = writes
+            try:
+                if fn is None:
+                    fn = obj.fallback(name)
+                    result = fn(*args, **msg[3]) if len(msg) > 3 else fn(*args)
+                else:
+                    result = fn(obj, *args, **msg[3]) if len(msg) > 3 else fn(obj, *args)
+            finally:
+                self._in_write = False
             if writes and result is not PENDING and (type(obj) is not ServerOps
                                                       or self._next_oid != start_oid):
                 records.append(frame_record(self.journal_codec.encode([0, start_oid, body])))
@@ -594,13 +604,17 @@ class Server:
                 keep.append(obj)
                 states.append((obj, state))
                 self._next_oid = max(self._next_oid, oid + 1)
+            # (ids given to objects that are not in it, too)
+            self._next_oid = max(self._next_oid, store.snapshot_next_oid)
             for obj, state in states:        # every object exists now: references resolve
                 obj.restore(decode(state))  # type: ignore[attr-defined]
             replayed = 0
             for body in journal:
                 rec = decode(body)
                 kind = rec[0]
-                if kind == 0:
+                if kind == 4:                # an id used by an object not journaled
+                    self._next_oid = max(self._next_oid, rec[1])
+                elif kind == 0:
                     self._next_oid = rec[1]
                     try:
                         msg = self.journal_codec.decode(rec[2])
