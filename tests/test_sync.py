@@ -1408,3 +1408,26 @@ def test_an_abandoned_get_whose_item_needs_a_call_to_decode_is_given_back() -> N
         assert q.get(timeout=1).hi() == "hi"
         ev.set()
         t.join(5)
+
+
+class SlowToUnpickle:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        time.sleep(0.3)
+        self.__dict__.update(state)
+
+
+@pytest.mark.timeout(30)
+def test_a_get_interrupted_while_its_item_is_unpickled_gives_it_back(
+        m: shoal.SyncManager) -> None:
+    q = m.Queue()
+    q.put(SlowToUnpickle(1))
+    q.put("marker")
+    with interrupted_after(0.1):
+        q.get(timeout=5)
+    deadline = time.monotonic() + 5          # the item goes back from a thread of its own
+    while q.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert q.get(timeout=5).n == 1 and q.get(timeout=5) == "marker"     # back in its place

@@ -281,7 +281,18 @@ class Connection:
             else:
                 self._abandon(rid, oid, undo)
             raise
-        return self._decode_reply(body)
+        try:
+            status, value = self._codec.decode(body)    # (unpickles: may take a while)
+        except BaseException:
+            # Interrupted while the reply was decoded: what the call got is given back, as
+            # for a reply that came after its caller gave up.
+            if undo is not FINISH:
+                threading.Thread(target=self._settle, args=(body, oid, undo), daemon=True,
+                                 name="shoal-undo").start()
+            raise
+        if status == P.REPLY_OK:
+            return value
+        self.raise_reply(status, value)
 
     def _reply_body(self, rid: int) -> bytes:
         return self._read_until(rid) if self._read_lock.acquire(False) else self._wait(rid)

@@ -166,8 +166,9 @@ class BaseProxy:
         """``with proxy.locked(): ...``: exclusive use of this object and of the containers made
         nested in it. Other processes' calls on them wait until the block ends; re-entrant.
         If the previous holder died inside its block, ``owner_died`` on the returned context is
-        True (the data may be half-updated). Threads of this process that use ``locked()``
-        exclude each other too; their plain calls are not held back."""
+        True (the data may be half-updated). Threads of this process that use ``locked()`` on
+        this same object exclude each other too; their plain calls are not held back, nor
+        their ``locked()`` on containers nested in it (the server sees one client)."""
         return ObjectLockContext(self)
 
     def _incref(self) -> None:
