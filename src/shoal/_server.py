@@ -73,6 +73,7 @@ def _die_with_parent() -> None:
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _DICT_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
 _CUSTOM_THREADS = 1024     # registered types' calls running at once (threads made as needed)
+_ID_BLOCK = 1024           # ids the journal keeps used at once for objects it does not make
 _GROUP_WAIT = 0.0002      # the longest a commit waits for more clients to join its group
 
 
@@ -149,6 +150,7 @@ class Server:
         self.current_rid = 0
         self.flat_args = False     # the running request's arguments nest no container
         self._in_write = False     # a write that will be journaled runs (see register)
+        self._ids_reserved = 0     # ids below this are kept used by the journal (see register)
         self.store: Store | None = None
         self.guarded: set[Shared] = set()     # objects whose per-object lock is held now
         self._executor: ThreadPoolExecutor | None = None
@@ -203,11 +205,14 @@ class Server:
         objects[oid] = weakref.ref(obj, _forget(objects, oid))
         if self._restored is not None:
             self._restored.append(obj)
-        elif self.store is not None and not self._in_write and self.store.failed is None:
+        elif oid >= self._ids_reserved and self.store is not None and not self._in_write \
+                and self.store.failed is None:
             # An object that no journaled write makes (a registered type's, an iterator): the
             # journal keeps its id used, or a restart would give it to another object, and a
-            # proxy of this one would then reach that (persisting servers keep their id).
-            self.store.append(self.journal_codec.encode([4, oid + 1]))
+            # proxy of this one would then reach that (persisting servers keep their id). Ids
+            # are kept a block at a time: one record (and commit) per _ID_BLOCK such objects.
+            self._ids_reserved = oid + _ID_BLOCK
+            self.store.append(self.journal_codec.encode([4, self._ids_reserved]))
         return oid
 
     def get(self, oid: int) -> Shared | None:
@@ -517,7 +522,7 @@ class Server:
             # journals that made it are gone then. (A restore frees what stays unreachable.)
             objs = [o for o in self.live_objects() if hasattr(o, "state")]
             encode = self.journal_codec.encode
-            header = encode(["shoal-snapshot", 1, gen, self._next_oid])
+            header = encode(["shoal-snapshot", 1, gen, max(self._next_oid, self._ids_reserved)])
 
             def records() -> Iterator[bytes]:
                 # The state is encoded on its own, so that loading can make every object
@@ -604,16 +609,15 @@ class Server:
                 keep.append(obj)
                 states.append((obj, state))
                 self._next_oid = max(self._next_oid, oid + 1)
-            # (ids given to objects that are not in it, too)
-            self._next_oid = max(self._next_oid, store.snapshot_next_oid)
+            reserved = store.snapshot_next_oid     # ids given to objects not in it, too
             for obj, state in states:        # every object exists now: references resolve
                 obj.restore(decode(state))  # type: ignore[attr-defined]
             replayed = 0
             for body in journal:
                 rec = decode(body)
                 kind = rec[0]
-                if kind == 4:                # an id used by an object not journaled
-                    self._next_oid = max(self._next_oid, rec[1])
+                if kind == 4:                # ids kept used for objects not journaled
+                    reserved = max(reserved, rec[1])
                 elif kind == 0:
                     self._next_oid = rec[1]
                     try:
@@ -635,6 +639,8 @@ class Server:
                         elif q.items:  # type: ignore[attr-defined]
                             q.items.popleft()  # type: ignore[attr-defined]
                 replayed += 1
+            # (after the replay: each write sets the counter to what it started from)
+            self._next_oid = max(self._next_oid, reserved)
             for obj in keep:                 # task_done is not journaled: count what is left
                 if isinstance(obj, SQueue):
                     obj.unfinished = len(obj.items)
