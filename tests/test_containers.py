@@ -399,6 +399,9 @@ def test_sort_with_a_key_or_of_pickled_values_sorts_on_this_side(
     assert pairs[:] == [(decimal.Decimal(2), "b"), (decimal.Decimal(2), "a")]
     with pytest.raises(TypeError):
         manager.list([1, None]).sort()            # still an error where Python has one
+    with pytest.raises(TypeError) as err:
+        manager.list([{1: 2}, [3]]).sort()        # nested containers, named as clients know them
+    assert str(err.value) == "'<' not supported between instances of 'list' and 'dict'"
 
 
 def test_bulk_arguments_of_any_iterable_kind(manager: shoal.SyncManager) -> None:

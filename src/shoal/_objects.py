@@ -252,6 +252,14 @@ def _has_opaque(values: Iterable[Any]) -> bool:
     return any(type(v) is Opaque or (type(v) is tuple and _has_opaque(v)) for v in values)
 
 
+def _client_names(message: str) -> str:
+    """An error message about the server's nested containers, naming them as their clients know
+    them ('SDict' -> 'dict')."""
+    for cls in (SDict, SList, SNamespace, SValue, SArray):
+        message = message.replace(f"'{cls.__name__}'", f"'{cls.typeid}'")
+    return message
+
+
 class SDict(Shared):
     __slots__ = ("data",)
     typeid = "dict"
@@ -536,10 +544,10 @@ class SList(Shared):
         order (pickled ones, which the server never unpickles): the client sorts then."""
         try:
             new = sorted(self.data, reverse=bool(reverse))
-        except TypeError:
+        except TypeError as e:
             if _has_opaque(self.data):
                 return True
-            raise
+            raise TypeError(_client_names(str(e))) from None
         self.data[:] = new
         return False
 
