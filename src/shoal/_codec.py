@@ -123,6 +123,7 @@ class Codec:
         self._packer = msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True)
         self._local = threading.local()
         self._refs: dict[tuple[int, str], Any] = {}     # of ExtType
+        self._refs_read: dict[bytes, tuple[int, str]] = {}  # REF's data -> (id, typeid)
 
     def encode(self, obj: Any) -> bytes:
         """Encode one value. Not thread-safe: the caller serialises use of one Codec."""
@@ -207,11 +208,16 @@ class Codec:
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
         if code == REF:     # [id, typeid]; decoded without this hook, so it cannot nest
-            ref = msgpack.unpackb(data)
-            if type(ref) is not list or len(ref) != 2 or type(ref[0]) is not int \
-                    or type(ref[1]) is not str:
-                raise ValueError("malformed reference")
-            return self._make_ref(ref[0], ref[1])
+            ref = self._refs_read.get(data)
+            if ref is None:
+                ref = msgpack.unpackb(data)
+                if type(ref) is not list or len(ref) != 2 or type(ref[0]) is not int \
+                        or type(ref[1]) is not str:
+                    raise ValueError("malformed reference")
+                if len(self._refs_read) >= _REF_CACHE:
+                    self._refs_read.clear()
+                self._refs_read[data] = ref = (ref[0], ref[1])
+            return self._make_ref(*ref)
         # Other extension values nest through this hook (and msgpack's C code): bound the depth
         # so a hostile value cannot exhaust the C stack.
         local = self._local             # per thread: one codec decodes in many threads
