@@ -601,3 +601,32 @@ def test_an_item_given_back_by_a_getter_that_gave_up_survives_in_its_place(
     with server_in_thread(tmp_path) as m:
         q = m.root["q"]
         assert [q.get_nowait() for _ in range(q.qsize())] == ["first", "second"]
+
+
+@pytest.mark.timeout(60)
+def test_a_restart_in_the_other_nested_mode_replays_writes_as_they_were_made(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal's requests were replayed in the restarted server's mode: a dict stored
+    under nested="share" came back as a plain value, and the writes into it were dropped
+    (for good once a server in the other mode compacted)."""
+    with shoal.Manager(persist=tmp_path, fsync="always") as m:
+        m.root["row"] = {}
+        m.root["row"]["a"] = 1
+        m.root["lst"] = [1]
+        m.root["lst"].append(2)
+    with shoal.Manager(persist=tmp_path, nested="copy") as m:
+        assert m.root.copy() == {"row": {"a": 1}, "lst": [1, 2]}
+        m.root["plain"] = {"b": 2}             # a copy: stays a plain value when replayed
+    monkeypatch.setattr(_persist, "COMPACT_FLOOR", 2_000)
+    with server_in_thread(tmp_path, nested="copy") as m:
+        for i in range(300):
+            m.root["later"] = {"c": i}
+        m.root["lst"].append(3)                # still shared: made under "share"
+        assert persistence(m)["snapshots"] >= 1
+        wait_until_compacted(m)
+        m.root["last"] = {"d": 4}
+    with shoal.Manager(persist=tmp_path) as m:
+        assert m.root.copy() == {"row": {"a": 1}, "lst": [1, 2, 3], "plain": {"b": 2},
+                                 "later": {"c": 299}, "last": {"d": 4}}
+        assert isinstance(m.root["row"], shoal.DictProxy)
+        assert type(m.root["plain"]) is dict     # plain, as it was made

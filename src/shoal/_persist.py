@@ -22,7 +22,9 @@ state]`` for each object (the state as msgpack bytes of its own), then ``["end",
 journal's: ``["shoal-journal", 1, gen]``, then ``[0, next id, request]`` (a request as it came
 from a client, replayed as it ran), ``[1, queue id, item]`` / ``[2, queue id]`` /
 ``[3, queue id, item]`` (an item put into / taken out of / put back first into a queue) and
-``[4, id]`` (ids below it kept used: some were given to objects no journaled request makes).
+``[4, id]`` (ids below it kept used: some were given to objects no journaled request makes)
+and ``[5, nested]`` (the server's ``nested`` mode, "share" or "copy", for the requests after
+it: each server writes it before its first request and in each new journal).
 
 On start the snapshot is loaded and the journals from its generation on are replayed, oldest
 first. A last journal whose last record is cut short (a crash in the middle of a write) is

@@ -177,6 +177,7 @@ class Server:
             try:
                 self.instance = self.store.instance_id()
                 self._restore(self.store)
+                self._journal_nested()
             except BaseException:
                 self.store.close()
                 raise
@@ -483,6 +484,7 @@ class Server:
         except StoreError as e:
             log.error("%s", e)
             return
+        self._journal_nested()
         server = os.getpid()
         done_r = done_w = -1
         try:
@@ -581,6 +583,13 @@ class Server:
         self._end_snapshot_child(kill=True)
         self.store.drop_snapshot(gen)
 
+    def _journal_nested(self) -> None:
+        """Say in the journal how the writes after this point treat nested containers: a
+        replay makes ``d['row'] = {}`` a shared dict or a plain value as it was made, whatever
+        ``nested`` the restarted server has. (It goes with the next commit.)"""
+        assert self.store is not None
+        self.store.append(self.journal_codec.encode([5, self.nested]))
+
     def _restore(self, store: Store) -> None:
         snapshot, journal = store.load()
         decode = self.journal_codec.decode
@@ -618,6 +627,8 @@ class Server:
                 kind = rec[0]
                 if kind == 4:                # ids kept used for objects not journaled
                     reserved = max(reserved, rec[1])
+                elif kind == 5:              # how the writes after it nested containers
+                    self.share = self._share if rec[1] == "share" else _identity
                 elif kind == 0:
                     self._next_oid = rec[1]
                     try:
@@ -641,6 +652,7 @@ class Server:
                 replayed += 1
             # (after the replay: each write sets the counter to what it started from)
             self._next_oid = max(self._next_oid, reserved)
+            self.share = self._share if self.nested == "share" else _identity
             for obj in keep:                 # task_done is not journaled: count what is left
                 if isinstance(obj, SQueue):
                     obj.unfinished = len(obj.items)
