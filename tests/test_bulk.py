@@ -215,3 +215,24 @@ def test_a_pipelined_reply_with_a_type_this_process_never_registered() -> None:
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["1", "7"]
         del root["thing"], root["n"]
+
+
+def test_a_pipelined_sort_of_pickled_values_raises_instead_of_doing_nothing(
+        manager: shoal.SyncManager) -> None:
+    """Only the proxy's sort() can order values the server keeps pickled (it sorts them in
+    the calling process); a sort sent as it is says so, never leaves the list unsorted quietly."""
+    import decimal
+    D = decimal.Decimal
+    lst = manager.list([D(3), D(1), D(2)])
+    with pytest.raises(TypeError, match="cannot compare .* outside a pipeline"):
+        with shoal.pipeline(lst) as pl:
+            pl.sort()
+    with pytest.raises(TypeError, match="cannot compare"):
+        lst._callmethod("sort")
+    assert lst[:] == [D(3), D(1), D(2)]
+    lst.sort()
+    assert lst[:] == [D(1), D(2), D(3)]
+    nums = manager.list([3, 1, 2])
+    with shoal.pipeline(nums) as pn:
+        done = pn.sort(True)
+    assert done.value is None and nums[:] == [3, 2, 1]       # as list.sort(reverse=True)

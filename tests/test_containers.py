@@ -437,3 +437,26 @@ def test_update_and_dict_take_pairs_of_any_kind(manager: shoal.SyncManager) -> N
         d.update([(1, 2, 3)])
     with pytest.raises(TypeError, match="element #1 to a sequence"):
         d.update([(1, 2), 5])
+
+
+def test_sort_of_lists_holding_pickled_values_sorts_on_this_side(
+        manager: shoal.SyncManager) -> None:
+    """Values the server keeps pickled inside nested lists (or lists in tuples) are ordered
+    by the client too, as a local list orders them; the nested lists stay the same objects."""
+    import datetime
+    import decimal
+    D = decimal.Decimal
+    rows = manager.list([[D(2), "b"], [D(1), "a"], [D(1)]])
+    big = rows[0]
+    rows.sort()
+    assert rows == [[D(1)], [D(1), "a"], [D(2), "b"]] and rows[2]._id == big._id
+    rows.sort(reverse=True)
+    assert rows == [[D(2), "b"], [D(1), "a"], [D(1)]]
+    dates = manager.list([([datetime.date(2024, 1, 2)], 0), ([datetime.date(2024, 1, 1)], 1)])
+    dates.sort()
+    assert [i for _, i in dates] == [1, 0]
+    me = manager.list([1])
+    me.append(me)                                 # a list in itself: looked into once
+    with pytest.raises(TypeError):
+        manager.list([me, None]).sort()           # still Python's error
+    me.pop()

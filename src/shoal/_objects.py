@@ -247,9 +247,24 @@ def update_pair(pair: Any, i: int) -> tuple[Any, Any]:
     return k, v
 
 
-def _has_opaque(values: Iterable[Any]) -> bool:
-    """Does a value (or a tuple in it, at any depth) travel as pickled bytes?"""
-    return any(type(v) is Opaque or (type(v) is tuple and _has_opaque(v)) for v in values)
+def _has_opaque(values: Iterable[Any], seen: set[int] | None = None) -> bool:
+    """Does a value travel as pickled bytes, or one inside a tuple, list or shared list in it
+    (what comparing the values compares), at any depth? Each list is looked into once: one
+    may hold itself."""
+    for v in values:
+        t = type(v)
+        if t is Opaque:
+            return True
+        if t is tuple or t is list or t is SList:
+            if t is not tuple:
+                if seen is None:
+                    seen = set()
+                if id(v) in seen:
+                    continue
+                seen.add(id(v))
+            if _has_opaque(v.data if t is SList else v, seen):
+                return True
+    return False
 
 
 def _client_names(message: str) -> str:
@@ -539,9 +554,19 @@ class SList(Shared):
         return self.data.count(value)
 
     @op("sort", write=True)
-    def sort(self, reverse: bool = False) -> bool:
-        """Sort; True, leaving the list as it was, when it holds values only their client can
-        order (pickled ones, which the server never unpickles): the client sorts then."""
+    def sort(self, reverse: bool = False) -> None:
+        """Sort, as ``list.sort``. The server cannot order values it keeps pickled (it never
+        unpickles them): a list whose order depends on them raises TypeError, never stays
+        unsorted in silence (``ListProxy.sort`` calls ``_sort_or_defer`` and sorts those)."""
+        if self.sort_or_defer(reverse):
+            raise TypeError("this shared list holds values the server cannot compare (pickled "
+                            "ones, such as Decimal or datetime): sort it through its proxy's "
+                            "sort() outside a pipeline, which orders them in the calling process")
+
+    @op("_sort_or_defer", write=True)
+    def sort_or_defer(self, reverse: bool = False) -> bool:
+        """Sort; or True, leaving the list as it was, when comparing its values met pickled ones:
+        the client that asked sorts it then (``ListProxy.sort``)."""
         try:
             new = sorted(self.data, reverse=bool(reverse))
         except TypeError as e:

@@ -514,15 +514,29 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
 
     def sort(self, *, key: Any = None, reverse: bool = False) -> None:
         """Sort in place. The server sorts, unless there is a ``key`` (which never runs
-        remotely) or values only this side can order (pickled ones): then the list is read,
-        sorted here and written back under its per-object lock."""
-        # (reverse by name: a registered type's list.sort takes no positional argument; only
-        # shoal's own list answers True, when this side must sort)
-        if key is None and self._callmethod("sort", (), {"reverse": reverse}) is not True:
-            return
+        remotely) or values only this side can order (pickled ones, in nested lists too):
+        then the list is read, sorted here and written back under its per-object lock."""
+        if key is None:
+            try:
+                # Shoal's own list: sorts, or answers True when this side must.
+                if self._call("_sort_or_defer", reverse) is not True:
+                    return
+            except RemoteError:
+                # A registered type's list (no such method): its own sort, reverse by name
+                # (list.sort takes no positional argument).
+                self._callmethod("sort", (), {"reverse": reverse})
+                return
         with self.locked():
             current = self._call("__getitem__", slice(None))
-            self._call("__setitem__", slice(None), sorted(current, key=key, reverse=reverse))
+            if key is None:
+                # Ordered by a plain copy: nested shared lists compare as the lists they stand
+                # for without a round trip per comparison, and stay the same objects.
+                plain = self._call("copy")
+                order = sorted(range(len(current)), key=plain.__getitem__, reverse=reverse)
+                current = [current[i] for i in order]
+            else:
+                current = sorted(current, key=key, reverse=reverse)
+            self._call("__setitem__", slice(None), current)
 
     def copy(self) -> list[Any]:
         """A plain, deep, local copy."""
