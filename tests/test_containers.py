@@ -460,3 +460,33 @@ def test_sort_of_lists_holding_pickled_values_sorts_on_this_side(
     with pytest.raises(TypeError):
         manager.list([me, None]).sort()           # still Python's error
     me.pop()
+
+
+def test_keyword_arguments_named_self_or_other(manager: shoal.SyncManager) -> None:
+    """A dict's keys given as keywords may be named as the parameters of the methods that
+    take them, as with dict()."""
+    d = manager.dict(self=1, other=2)
+    assert d == {"self": 1, "other": 2}
+    d.update(other=3, self=4)
+    d.update({"a": 5}, other=6)
+    assert d == {"self": 4, "other": 6, "a": 5}
+    ns = manager.Namespace(self=1, typeid=2)
+    assert ns.self == 1 and ns.typeid == 2
+
+
+class _Recorder:
+    def record(self, /, **kw: Any) -> dict[str, Any]:
+        return kw
+
+
+class _RecorderManager(shoal.BaseManager):
+    pass
+
+
+_RecorderManager.register("Recorder", _Recorder)
+
+
+@pytest.mark.timeout(30)
+def test_a_registered_types_method_takes_a_keyword_named_self() -> None:
+    with _RecorderManager() as m:
+        assert m.Recorder().record(self=1, other=2) == {"self": 1, "other": 2}

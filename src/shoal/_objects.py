@@ -388,7 +388,7 @@ class SDict(Shared):
         return value
 
     @op("update", write=True)
-    def update(self, other: Any = (), **kw: Any) -> None:
+    def update(self, other: Any = (), /, **kw: Any) -> None:     # (a key may be "other")
         share = self.server.share
         if isinstance(other, SDict):
             other = other.data

@@ -912,7 +912,7 @@ class _PipelineContext:
 
 
 def _method(name: str) -> Any:
-    def call(self: BaseProxy, *args: Any, **kwds: Any) -> Any:
+    def call(self: BaseProxy, /, *args: Any, **kwds: Any) -> Any:    # (a keyword may be "self")
         return self._callmethod(name, args, kwds)
     call.__name__ = name
     return call
