@@ -490,3 +490,17 @@ _RecorderManager.register("Recorder", _Recorder)
 def test_a_registered_types_method_takes_a_keyword_named_self() -> None:
     with _RecorderManager() as m:
         assert m.Recorder().record(self=1, other=2) == {"self": 1, "other": 2}
+
+
+def test_repr_of_a_namespace_or_value_that_holds_itself(manager: shoal.SyncManager) -> None:
+    ns = manager.Namespace()
+    ns.me = ns
+    assert repr(ns) == str(ns) == "Namespace(me=Namespace(...))"   # as SimpleNamespace's
+    v = manager.Value("O", None)
+    v.value = v
+    assert repr(v) == "Value('O', Value(...))"
+    d = manager.dict()
+    ns.d, d["ns"] = d, ns                         # a cycle through a dict
+    assert repr(ns) == "Namespace(d={'ns': Namespace(...)}, me=Namespace(...))"
+    del ns.me, ns.d, d["ns"]
+    v.value = None

@@ -43,13 +43,15 @@ class Token(NamedTuple):
 _repr_guard = threading.local()
 
 
-def _guarded_repr(proxy: BaseProxy, render: Any) -> str:
+def _guarded_repr(proxy: BaseProxy, render: Any, cycle: str = "[...]") -> str:
+    """``render()``, or ``cycle`` for a proxy met again inside its own repr (an object that
+    holds itself), as Python shows a list in itself."""
     active = getattr(_repr_guard, "active", None)
     if active is None:
         active = _repr_guard.active = set()
     key = (proxy._address, proxy._id)
     if key in active:
-        return "{...}" if isinstance(proxy, DictProxy) else "[...]"
+        return cycle
     active.add(key)
     try:
         return render()  # type: ignore[no-any-return]
@@ -447,7 +449,7 @@ class DictProxy(BaseProxy, MutableMapping[Any, Any]):
         return self
 
     def __repr__(self) -> str:
-        return _guarded_repr(self, lambda: repr(self.copy()))
+        return _guarded_repr(self, lambda: repr(self.copy()), "{...}")
 
     __str__ = __repr__
 
@@ -619,8 +621,9 @@ class NamespaceProxy(BaseProxy):
             self._call("__delattr__", name)
 
     def __repr__(self) -> str:
-        return _own_repr(self, lambda: "Namespace({})".format(", ".join(sorted(
-            f"{k}={v!r}" for k, v in self._call("_dict").items() if not k.startswith("_")))))
+        return _guarded_repr(self, lambda: _own_repr(self, lambda: "Namespace({})".format(
+            ", ".join(sorted(f"{k}={v!r}" for k, v in self._call("_dict").items()
+                             if not k.startswith("_"))))), "Namespace(...)")
 
     __str__ = __repr__
 
@@ -639,7 +642,8 @@ class ValueProxy(BaseProxy):
     value = property(get, set)
 
     def __repr__(self) -> str:
-        return _own_repr(self, lambda: f"Value({self._call('_typecode')!r}, {self.get()!r})")
+        return _guarded_repr(self, lambda: _own_repr(
+            self, lambda: f"Value({self._call('_typecode')!r}, {self.get()!r})"), "Value(...)")
 
     __str__ = __repr__
 
