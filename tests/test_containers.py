@@ -504,3 +504,41 @@ def test_repr_of_a_namespace_or_value_that_holds_itself(manager: shoal.SyncManag
     assert repr(ns) == "Namespace(d={'ns': Namespace(...)}, me=Namespace(...))"
     del ns.me, ns.d, d["ns"]
     v.value = None
+
+
+def _error(f: Any) -> str:
+    with pytest.raises(TypeError) as err:
+        f()
+    return str(err.value)
+
+
+def test_plus_takes_a_list_only_and_plus_equals_any_iterable(manager: shoal.SyncManager) -> None:
+    import collections
+    lst = manager.list([1])
+    for other in [(2,), "ab", {3: 4}, 5, None]:
+        assert _error(lambda: lst + other) == _error(lambda: [1] + other), other
+        assert _error(lambda: other + lst) == _error(lambda: other + [1]), other
+    assert lst + [2] == [1, 2] and [0] + lst == [0, 1] and lst + lst == [1, 1]
+    joined = lst + collections.UserList([2])      # its own + takes a list, as locally
+    assert type(joined) is collections.UserList and joined == [1, 2]
+    lst += (2,)
+    lst += "ab"
+    lst += {3: 4}
+    assert lst == [1, 2, "a", "b", 3]
+
+
+def test_slice_assignment_and_repeat_raise_a_lists_errors(manager: shoal.SyncManager) -> None:
+    lst = manager.list([1, 2, 3])
+    local = [1, 2, 3]
+    for index in [slice(0, 2), slice(None, None, 2), slice("a", 2)]:
+        expected = _error(lambda: local.__setitem__(index, 5))
+        assert _error(lambda: lst.__setitem__(index, 5)) == expected, index
+        if index.start != "a":                    # (such a slice does not travel)
+            assert _error(lambda: lst._callmethod("__setitem__", [index, 5])) == expected
+
+    def repeat(x: Any, n: Any) -> None:
+        x *= n
+
+    for n in ["a", 2.0]:
+        assert _error(lambda: repeat(lst, n)) == _error(lambda: repeat(local, n))
+    assert lst == local == [1, 2, 3]

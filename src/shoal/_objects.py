@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import builtins
+import operator
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -498,7 +499,12 @@ class SList(Shared):
     def setitem(self, index: Any, value: Any) -> None:
         share = self.server.share
         if type(index) is slice:
-            self.data[index] = [share(v, self) for v in _items(value)]
+            try:
+                items = _items(value)
+            except TypeError:
+                operator.setitem([], index, value)   # a list's own error for this slice
+                raise
+            self.data[index] = [share(v, self) for v in items]
         else:
             self.data[index] = share(value, self)
 

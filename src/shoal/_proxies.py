@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import multiprocessing.managers
+import operator
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSequence
@@ -454,6 +455,15 @@ class DictProxy(BaseProxy, MutableMapping[Any, Any]):
     __str__ = __repr__
 
 
+def _check_iterable_for_slice(index: slice, value: Any) -> None:
+    """Raise the TypeError a list raises for assigning ``value`` to ``index`` when ``value`` is
+    not iterable (its text depends on the slice)."""
+    try:
+        iter(value)
+    except TypeError:
+        operator.setitem([], index, value)   # raises: nothing is assigned to a non-iterable
+
+
 class ListProxy(BaseProxy, MutableSequence[Any]):
     """A shared list."""
 
@@ -469,7 +479,11 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
 
     def __setitem__(self, index: Any, value: Any) -> None:
         if isinstance(index, slice):
-            value = _wire_iterable(value, self, keys=False)
+            try:
+                value = _wire_iterable(value, self, keys=False)
+            except TypeError:
+                _check_iterable_for_slice(index, value)
+                raise
         self._call("__setitem__", index, value)
 
     def __delitem__(self, index: Any) -> None:
@@ -552,11 +566,15 @@ class ListProxy(BaseProxy, MutableSequence[Any]):
         self._call("__imul__", n)
         return self
 
-    def __add__(self, other: Any) -> list[Any]:
-        return self._call("__getitem__", slice(None)) + list(other)  # type: ignore[no-any-return]
+    # + as a local list's: on the list itself, so that only a list (or a shared one) is taken,
+    # with Python's own errors for the rest ((2,), "ab"); += takes any iterable (extend).
+    def __add__(self, other: Any) -> Any:
+        if isinstance(other, ListProxy):
+            other = other[:]
+        return self._call("__getitem__", slice(None)) + other
 
-    def __radd__(self, other: Any) -> list[Any]:
-        return list(other) + self._call("__getitem__", slice(None))  # type: ignore[no-any-return]
+    def __radd__(self, other: Any) -> Any:
+        return other + self._call("__getitem__", slice(None))
 
     def __mul__(self, n: int) -> list[Any]:
         return self._call("__getitem__", slice(None)) * n  # type: ignore[no-any-return]
