@@ -296,6 +296,14 @@ def test_dict_pairs_may_be_any_iterable_of_two(sm: Any) -> None:
         d.update([5])
 
 
+def test_keywords_named_self_or_other_are_keys(sm: Any) -> None:
+    assert sm.dict(self=2, other=3).copy() == {"self": 2, "other": 3}
+    d = sm.dict()
+    d.update(other=1, self=5)
+    assert d.copy() == {"other": 1, "self": 5}
+    assert sm.Namespace(self=1).self == 1
+
+
 @pytest.mark.timeout(30)
 def test_str_of_sync_proxies(sm: Any) -> None:
     # Manager's str() shows the referent; shoal's said "'__str__()' failed" for these.

@@ -308,7 +308,7 @@ class PoolProxy(BaseProxy):
 
 
 def _forward(name: str) -> Any:
-    def call(self: BaseProxy, *args: Any, **kwds: Any) -> Any:
+    def call(self: BaseProxy, /, *args: Any, **kwds: Any) -> Any:
         return self._callmethod(name, args, kwds)
     call.__name__ = name
     return call

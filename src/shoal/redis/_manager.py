@@ -109,7 +109,7 @@ class RedisManager:
 
     # -- containers ----------------------------------------------------------------------------
 
-    def dict(self, *args: Any, **kwds: Any) -> RedisDictProxy:
+    def dict(self, /, *args: Any, **kwds: Any) -> RedisDictProxy:
         """A new shared dict, made as ``dict(*args, **kwds)`` would be."""
         if len(args) > 1:
             raise TypeError(f"dict expected at most 1 argument, got {len(args)}")
@@ -132,7 +132,7 @@ class RedisManager:
             items = items[:]     # one call; nested containers come as proxies: one level copied
         return self._create("list", items=list(items))  # type: ignore[no-any-return]
 
-    def Namespace(self, **kwds: Any) -> RedisNamespaceProxy:
+    def Namespace(self, /, **kwds: Any) -> RedisNamespaceProxy:
         """A new shared namespace with these attributes."""
         return self._create("Namespace", pairs=kwds.items())  # type: ignore[no-any-return]
 
