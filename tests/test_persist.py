@@ -619,8 +619,12 @@ def test_a_restart_in_the_other_nested_mode_replays_writes_as_they_were_made(
         m.root["plain"] = {"b": 2}             # a copy: stays a plain value when replayed
     monkeypatch.setattr(_persist, "COMPACT_FLOOR", 2_000)
     with server_in_thread(tmp_path, nested="copy") as m:
-        for i in range(300):
-            m.root["later"] = {"c": i}
+        i = 0
+        deadline = time.monotonic() + 30
+        while persistence(m)["snapshots"] < 1 and time.monotonic() < deadline:
+            m.root["later"] = {"c": i}         # history, until a compaction has run
+            i += 1
+        m.root["later"] = {"c": 299}
         m.root["lst"].append(3)                # still shared: made under "share"
         assert persistence(m)["snapshots"] >= 1
         wait_until_compacted(m)
