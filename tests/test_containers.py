@@ -404,6 +404,21 @@ def test_sort_with_a_key_or_of_pickled_values_sorts_on_this_side(
     assert str(err.value) == "'<' not supported between instances of 'list' and 'dict'"
 
 
+def test_an_empty_dict_filled_by_update_shares_nothing_with_the_source(
+        manager: shoal.SyncManager) -> None:
+    """An empty dict takes the request's own dict as it is; never another shared dict's."""
+    a = manager.dict({1: 1})
+    b = manager.dict()
+    b.update(a)
+    b[2] = 2
+    a[3] = 3
+    assert a.copy() == {1: 1, 3: 3} and b.copy() == {1: 1, 2: 2}
+    c = manager.dict()
+    c.update({i: i for i in range(50_000)})     # a bulk request
+    c[-1] = -1
+    assert len(c) == 50_001 and c[49_999] == 49_999
+
+
 def test_bulk_arguments_of_any_iterable_kind(manager: shoal.SyncManager) -> None:
     import collections
     Point = collections.namedtuple("Point", "x y")

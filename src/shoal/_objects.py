@@ -391,6 +391,7 @@ class SDict(Shared):
     @op("update", write=True)
     def update(self, other: Any = (), /, **kw: Any) -> None:     # (a key may be "other")
         share = self.server.share
+        ours = type(other) is dict      # the request's own: nothing else refers to it
         if isinstance(other, SDict):
             other = other.data
         if type(other) is dict and not kw:
@@ -399,7 +400,10 @@ class SDict(Shared):
             if not self.server.flat_args and not _NESTABLE.isdisjoint(map(type, other.values())):
                 other = {k: share(v, self) if type(v) in _NESTABLE else v
                          for k, v in other.items()}
-            self.data.update(other)
+            if ours and not self.data:
+                self.data = other           # filling an empty dict: no copy of each entry
+            else:
+                self.data.update(other)
             return
         if isinstance(other, dict):
             pairs: Iterable[Any] = other.items()
