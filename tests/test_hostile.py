@@ -1013,3 +1013,65 @@ def test_a_put_sent_without_waiting_by_a_paused_client_lands(own_server: Served)
         holder.call(q, "put_nowait", ["again"])
         x.sock.close()
     assert_healthy(own_server)
+
+
+# -- exceptions raised between any two steps of a call (a signal handler's) ---------------------
+
+class _Storm(Exception):
+    pass
+
+
+def _raise_in_shoal(signum: int, frame: Any) -> None:
+    if frame is not None and f"{os.sep}shoal{os.sep}" in frame.f_code.co_filename:
+        raise _Storm()
+
+
+def _calls_under_a_signal_storm(d: Any, seconds: float, out: Any) -> None:
+    import signal
+    import threading
+    signal.signal(signal.SIGALRM, _raise_in_shoal)
+    signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
+    ok = interrupted = wrong = 0
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            try:
+                if d["k"] == "v":
+                    ok += 1
+                else:
+                    wrong += 1
+            except _Storm:
+                interrupted += 1
+    finally:
+        while True:
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                break
+            except _Storm:
+                pass
+    after: list[Any] = []
+    t = threading.Thread(target=lambda: after.append((d["k"], len(d))), daemon=True)
+    t.start()
+    t.join(10)
+    out.send((ok, interrupted, wrong, after, d["k"]))
+
+
+@pytest.mark.timeout(60)
+def test_calls_interrupted_at_any_step_leave_the_connection_working() -> None:
+    """A signal handler's exception raised just after this thread took the reader role left
+    the role held: every later call of the process waited for it forever."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    with shoal.Manager() as m:
+        d = m.dict(k="v")
+        theirs, mine = ctx.Pipe()
+        p = ctx.Process(target=_calls_under_a_signal_storm, args=(d, 2.0, theirs), daemon=True)
+        p.start()
+        try:
+            assert mine.poll(30), "the process under the storm hangs"
+            ok, interrupted, wrong, after, last = mine.recv()
+        finally:
+            p.kill()
+            p.join(5)
+        assert interrupted > 100 and ok > 100 and wrong == 0
+        assert after == [("v", 1)] and last == "v"

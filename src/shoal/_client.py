@@ -87,7 +87,9 @@ class Connection:
         self.ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
-        self._read_lock = threading.Lock()    # held by the thread reading replies
+        # Held by the thread reading replies. Re-entrant only to know its owner: a call
+        # that finds its own thread holding it gives it back (_reclaim_reader_role).
+        self._read_lock = threading.RLock()
         self._waiting = 0                      # threads waiting for a reply or the role
         self._replies: dict[int, bytes] = {}
         # requests whose caller gave up waiting -> what undoes them if they ran (call_may_wait)
@@ -251,6 +253,8 @@ class Connection:
 
     def _request(self, oid: int, name: str, args: Any, kwargs: dict[str, Any] | None) -> int:
         """Send a call; its request id."""
+        if self._read_lock._is_owned():       # type: ignore[attr-defined]
+            self._reclaim_reader_role()
         if self.closed:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
         rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
@@ -293,6 +297,17 @@ class Connection:
         if status == P.REPLY_OK:
             return value
         self.raise_reply(status, value)
+
+    def _reclaim_reader_role(self) -> None:
+        """This thread, starting a call, holds the reader role: an exception raised between
+        taking the role and giving it back (a signal handler's, which Python runs between any
+        two steps) left it held, and every later call would wait for it forever. Give it back.
+        (No call is made while reading: decoding, which can call, happens after the role is
+        left.)"""
+        self._read_lock._release_save()       # type: ignore[attr-defined]  # every level
+        if self._waiting:
+            with self._cond:
+                self._cond.notify_all()
 
     def _reply_body(self, rid: int) -> bytes:
         return self._read_until(rid) if self._read_lock.acquire(False) else self._wait(rid)
@@ -404,6 +419,8 @@ class Connection:
         """The replies to ``rids`` (sent with ``send_frames``): (status, value) each, in order;
         status 0 is a value, anything else an error to raise with ``raise_reply``."""
         decode = self._codec.decode
+        if self._read_lock._is_owned():       # type: ignore[attr-defined]
+            self._reclaim_reader_role()
         if not self._read_lock.acquire(False):
             return [decode(self._wait(rid)) for rid in rids]
         # The bodies are decoded after the reader role is left: decoding a reference can make
