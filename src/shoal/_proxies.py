@@ -109,11 +109,7 @@ class BaseProxy:
         """The proxy of a reference the connection received (and counted: ``_make_proxy``).
         Made for every nested container read, so kept short."""
         self = cls.__new__(cls)
-        attrs = self.__dict__          # what _setup does, inline
-        attrs.update(conn.proxy_attrs)
-        attrs["_token"] = _tuple_new(Token, (typeid, conn.address, oid))
-        attrs["_id"] = oid
-        attrs["_tracked"] = True
+        self._setup(_tuple_new(Token, (typeid, conn.address, oid)), conn, None, None, False, True)
         return self
 
     def _shoal_ref(self) -> tuple[int, str]:
