@@ -154,7 +154,7 @@ class Server:
         self.store: Store | None = None
         self.guarded: set[Shared] = set()     # objects whose per-object lock is held now
         self._executor: ThreadPoolExecutor | None = None
-        self.share: Callable[..., Any] = self._share if nested == "share" else _identity
+        self.share: Callable[..., Any] = self._sharing(nested)
         self.ops = ServerOps(self)            # object id 0
         self.root = SDict(self)               # object id 1
         self.held: list[tuple[Conn, int, bytes]] = []   # replies waiting for a journal commit
@@ -236,6 +236,11 @@ class Server:
             raise ReferenceError(f"shared {typeid} #{oid} no longer exists: it was freed when the "
                                  f"last container and proxy referring to it let go")
         return obj
+
+    def _sharing(self, nested: str) -> Callable[..., Any]:
+        """What ``share`` is under ``nested``: plain containers stored in a container become
+        shared objects ("share"), or stay plain values ("copy")."""
+        return self._share if nested == "share" else _identity
 
     def _share(self, value: Any, parent: Shared | None = None) -> Any:
         t = type(value)
@@ -628,7 +633,7 @@ class Server:
                 if kind == 4:                # ids kept used for objects not journaled
                     reserved = max(reserved, rec[1])
                 elif kind == 5:              # how the writes after it nested containers
-                    self.share = self._share if rec[1] == "share" else _identity
+                    self.share = self._sharing(rec[1])
                 elif kind == 0:
                     self._next_oid = rec[1]
                     try:
@@ -652,7 +657,7 @@ class Server:
                 replayed += 1
             # (after the replay: each write sets the counter to what it started from)
             self._next_oid = max(self._next_oid, reserved)
-            self.share = self._share if self.nested == "share" else _identity
+            self.share = self._sharing(self.nested)
             for obj in keep:                 # task_done is not journaled: count what is left
                 if isinstance(obj, SQueue):
                     obj.unfinished = len(obj.items)
