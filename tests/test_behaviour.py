@@ -805,6 +805,32 @@ def test_a_party_arriving_while_the_action_runs_waits_for_it(sm: Any) -> None:
     assert out == [0]
 
 
+def _slow_failing_action() -> None:
+    time.sleep(0.5)
+    raise RuntimeError("the action failed")
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_action_breaks_the_barrier_for_a_party_that_arrived_meanwhile(
+        sm: Any) -> None:
+    """As threading's: the party of the next round that arrived while the action ran waited out
+    its whole timeout (for ever without one) instead of getting BrokenBarrierError."""
+    b = sm.Barrier(2, action=_slow_failing_action)
+    t1, out1 = in_thread(lambda: b.wait())
+    time.sleep(0.1)
+    t2, out2 = in_thread(lambda: b.wait())             # fills it: the action runs now
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    with pytest.raises(threading.BrokenBarrierError):
+        b.wait(10)                                     # the next round's first party
+    assert time.monotonic() - t0 < 2
+    t1.join(10)
+    t2.join(10)
+    assert sorted(type(x).__name__ for x in out1 + out2) == ["BrokenBarrierError",
+                                                             "RuntimeError"]
+    assert b.broken
+
+
 def test_unhashable_keys_are_refused_and_leave_the_dict_whole(sm: Any) -> None:
     d = sm.dict(a=1)
     for call in (lambda: d.__setitem__([1], 2), lambda: d.setdefault(["x"], 0),

@@ -566,9 +566,11 @@ class SBarrier(SyncObject):
         if ok:
             self._release(party[1:])
         else:
-            self.broken = True
+            # As threading's: the barrier breaks for this round's parties and for those of the
+            # next that arrived while the action ran.
             for w in party[1:]:
                 w.fail(threading.BrokenBarrierError())
+            self._break()
 
     def _break(self, timed_out: Waiter | None = None) -> None:
         self.broken = True
