@@ -417,6 +417,11 @@ def test_an_empty_dict_filled_by_update_shares_nothing_with_the_source(
     c.update({i: i for i in range(50_000)})     # a bulk request
     c[-1] = -1
     assert len(c) == 50_001 and c[49_999] == 49_999
+    e = manager.dict()
+    it = iter(e)                                 # walks the empty dict: it keeps its own
+    e.update({"a": 1, "b": 2})
+    with pytest.raises(RuntimeError, match="dictionary changed size during iteration"):
+        list(it)
 
 
 def test_bulk_arguments_of_any_iterable_kind(manager: shoal.SyncManager) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import builtins
 import operator
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -34,6 +35,9 @@ class NoSuchMethod(Exception):
     client, as in multiprocessing)."""
 _LEAF = frozenset({int, str, float, bool, bytes, type(None)})
 _NESTABLE = frozenset({dict, list})
+# sys.getrefcount of a container's dict that only the container holds (its slot, the call's
+# argument): more means a live iterator walks it.
+_ONLY_OURS = 2
 
 
 def op(*names: str, write: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -400,8 +404,9 @@ class SDict(Shared):
             if not self.server.flat_args and not _NESTABLE.isdisjoint(map(type, other.values())):
                 other = {k: share(v, self) if type(v) in _NESTABLE else v
                          for k, v in other.items()}
-            if ours and not self.data:
-                self.data = other           # filling an empty dict: no copy of each entry
+            if ours and not self.data and sys.getrefcount(self.data) <= _ONLY_OURS:
+                # Filling an empty dict nothing iterates: no copy of each entry.
+                self.data = other
             else:
                 self.data.update(other)
             return

@@ -99,13 +99,11 @@ def read_records(path: str, tolerate_torn_tail: bool) -> tuple[list[bytes], int]
         body = data[pos + FRAME.size:end]
         if end > n or length == 0 or zlib.crc32(body) != crc:
             # A torn last write leaves a cut-short or garbled record with nothing whole after
-            # it (zeros included); whole records further on, running to the end of the file,
-            # mean damage in the middle. (A large record's successor starts past the search's
-            # reach: look where its length, if intact, says the next one begins. A record
-            # framed inside a stored value is not followed by records to the end: it does
-            # not count.)
+            # it (zeros included); a whole record further on means damage in the middle.
+            # (A large record's successor starts past the search's reach: look where its
+            # length, if intact, says the next one begins.)
             if tolerate_torn_tail and not (end < n and _record_at(data, end)) \
-                    and not _records_to_the_end(data, pos + 1):
+                    and not _whole_record_after(data, pos + 1):
                 break
             raise CorruptStore(f"{path}: record at offset {pos} is damaged (bad length or "
                                f"checksum); the server will not start on it, and has changed "
@@ -128,20 +126,10 @@ def _record_at(data: bytes, pos: int) -> bool:
     return bool(0 < length and end <= n and zlib.crc32(data[pos + FRAME.size:end]) == crc)
 
 
-def _records_to_the_end(data: bytes, start: int, limit: int = 1 << 20) -> bool:
-    """Does a whole, valid record start anywhere in ``data[start:]`` (first MiB) that begins a
-    run of whole records ending at the end of ``data``, or at a last record cut short?"""
-    n = len(data)
-    seen: set[int] = set()
-    for pos in range(start, min(n - FRAME.size, start + limit) + 1):
-        if pos in seen or not _record_at(data, pos):
-            continue
-        while _record_at(data, pos):
-            seen.add(pos)
-            pos += FRAME.size + FRAME.unpack_from(data, pos)[0]
-        if n - pos < FRAME.size or pos + FRAME.size + FRAME.unpack_from(data, pos)[0] > n:
-            return True
-    return False
+def _whole_record_after(data: bytes, start: int, limit: int = 1 << 20) -> bool:
+    """Is there a whole, valid record starting anywhere in ``data[start:]`` (first MiB)?"""
+    return any(_record_at(data, pos)
+               for pos in range(start, min(len(data) - FRAME.size, start + limit) + 1))
 
 
 class Store:
