@@ -805,6 +805,29 @@ def test_a_party_arriving_while_the_action_runs_waits_for_it(sm: Any) -> None:
     assert out == [0]
 
 
+class _Seconds(float):
+    """A float of another type, as numpy.float64 is."""
+
+
+@pytest.mark.timeout(30)
+def test_timeouts_of_any_number_type(sm: Any) -> None:
+    """threading takes True and float subclasses (numpy.float64) as timeouts; they were
+    refused with "timeout must be a number or None, not bool" (or "not Opaque")."""
+    import queue
+    e, q, lock = sm.Event(), sm.Queue(), sm.Lock()
+    t0 = time.monotonic()
+    assert e.wait(_Seconds(0.1)) is False
+    with pytest.raises(queue.Empty):
+        q.get(timeout=_Seconds(0.1))
+    assert 0.2 <= time.monotonic() - t0 < 0.2 + 2 * LATE
+    assert lock.acquire(timeout=True) is True
+    lock.release()
+    assert lock.acquire(True, _Seconds(0.1)) is True
+    lock.release()
+    with pytest.raises(TypeError, match="timeout must be a number or None, not str"):
+        e.wait("1")
+
+
 def _slow_failing_action() -> None:
     time.sleep(0.5)
     raise RuntimeError("the action failed")

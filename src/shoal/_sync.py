@@ -56,8 +56,9 @@ def timeout_value(value: Any, negative: str) -> float | None:
     """
     if value is None:
         return None
-    if type(value) not in (int, float):
+    if not isinstance(value, (int, float)):    # bool and float subclasses too, as threading
         raise TypeError(f"timeout must be a number or None, not {type(value).__name__}")
+    value = float(value)
     if value != value:
         raise ValueError("Invalid value NaN (not a number)")
     if value < 0:

@@ -21,6 +21,15 @@ __all__ = ["LockProxy", "RLockProxy", "SemaphoreProxy", "ConditionProxy", "Event
            "BarrierProxy", "QueueProxy", "IteratorProxy", "PoolProxy", "AsyncResultProxy"]
 
 
+def _seconds(timeout: Any) -> Any:
+    """A timeout as it travels: a number of another type (True, numpy.float64: threading takes
+    them) as a float, which the server reads, rather than pickled; anything else as it is, for
+    the server's own error."""
+    if isinstance(timeout, (int, float)) and type(timeout) not in (int, float):
+        return float(timeout)
+    return timeout
+
+
 class AcquirerProxy(BaseProxy):
     """Common part of locks and conditions.
 
@@ -33,7 +42,7 @@ class AcquirerProxy(BaseProxy):
 
     def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
         tid = get_ident()
-        r = self._call_may_wait("acquire", blocking, -1 if timeout is None else timeout, tid,
+        r = self._call_may_wait("acquire", blocking, -1 if timeout is None else _seconds(timeout), tid,
                                 undo=lambda got: ("release", [tid]) if got else None)
         if r == OWNER_DIED:
             self.owner_died = True
@@ -101,7 +110,7 @@ class SemaphoreProxy(BaseProxy):
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         return self._call_may_wait(  # type: ignore[no-any-return]
-            "acquire", blocking, timeout, get_ident(),
+            "acquire", blocking, _seconds(timeout), get_ident(),
             undo=lambda got: ("release", [1]) if got else None)
 
     def release(self, n: int = 1) -> None:
@@ -122,7 +131,7 @@ class ConditionProxy(AcquirerProxy):
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._call_may_wait(  # type: ignore[no-any-return]
-            "wait", timeout, get_ident(), undo=_client.FINISH)
+            "wait", _seconds(timeout), get_ident(), undo=_client.FINISH)
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         endtime = None
@@ -162,7 +171,8 @@ class EventProxy(BaseProxy):
         self._call("clear")
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._call_may_wait("wait", timeout, get_ident())  # type: ignore[no-any-return]
+        return self._call_may_wait(  # type: ignore[no-any-return]
+            "wait", _seconds(timeout), get_ident())
 
 
 class BarrierProxy(BaseProxy):
@@ -170,7 +180,7 @@ class BarrierProxy(BaseProxy):
     A party that dies while waiting breaks it, as a failing thread does."""
 
     def wait(self, timeout: float | None = None) -> int:
-        r = self._call_may_wait("wait", timeout, get_ident(), undo=_ran_stands)
+        r = self._call_may_wait("wait", _seconds(timeout), get_ident(), undo=_ran_stands)
         if type(r) is list:          # ["action", index, action]: we are the last to arrive
             _, index, action = r
             try:
@@ -218,7 +228,8 @@ class QueueProxy(BaseProxy):
             # any later call of this process. (An item that cannot be encoded raises here.)
             conn.send(self._id, "put_nowait", [item])
         else:
-            self._call_may_wait("put", item, block, timeout, get_ident(), undo=_ran_stands)
+            self._call_may_wait("put", item, block, _seconds(timeout), get_ident(),
+                                undo=_ran_stands)
 
     def _puts_cannot_fail(self, conn: Any) -> bool:
         known = conn.puts_cannot_fail
@@ -228,7 +239,7 @@ class QueueProxy(BaseProxy):
         return bool(answer)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        return self._call_may_wait("get", block, timeout, get_ident(),
+        return self._call_may_wait("get", block, _seconds(timeout), get_ident(),
                                    undo=lambda item: ("_unget", [item]))
 
     def put_nowait(self, item: Any) -> None:
