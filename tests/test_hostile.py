@@ -1029,6 +1029,7 @@ def _raise_in_shoal(signum: int, frame: Any) -> None:
 def _calls_under_a_signal_storm(d: Any, seconds: float, out: Any) -> None:
     import signal
     import threading
+    d["k"]              # connected first: a handshake takes longer than the storm's period
     signal.signal(signal.SIGALRM, _raise_in_shoal)
     signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
     ok = interrupted = wrong = 0
@@ -1075,3 +1076,25 @@ def test_calls_interrupted_at_any_step_leave_the_connection_working() -> None:
             p.join(5)
         assert interrupted > 100 and ok > 100 and wrong == 0
         assert after == [("v", 1)] and last == "v"
+
+
+@pytest.mark.timeout(60)
+def test_a_call_made_by_a_signal_handler_during_a_wait_gets_a_clear_error() -> None:
+    """A handler's call while its thread read the reply of a blocked get took the reader role
+    from under the read: the get failed oddly and its item was lost (before that: a hang)."""
+    import signal
+    import threading
+    with shoal.Manager() as m:
+        q, d = m.Queue(), m.dict()
+        threading.Timer(1.0, q.put, ["item"]).start()      # through its own thread's call
+        old = signal.signal(signal.SIGALRM, lambda *_: d.__setitem__("seen", True))
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        try:
+            with pytest.raises(RuntimeError, match="waits for the reply of another"):
+                q.get(timeout=10)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert q.get(timeout=10) == "item"                 # nothing lost, the connection works
+        d["after"] = 1
+        assert d.copy() == {"after": 1}

@@ -88,9 +88,10 @@ class Connection:
         self._send_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         # Held by the thread reading replies. Re-entrant only to know its owner: a call
-        # that finds its own thread holding it gives it back (_reclaim_reader_role).
+        # that finds its own thread holding it gives it back (_check_role).
         self._read_lock = threading.RLock()
         self._waiting = 0                      # threads waiting for a reply or the role
+        self._reading = False                  # its holder is inside a read (see _check_role)
         self._replies: dict[int, bytes] = {}
         # requests whose caller gave up waiting -> what undoes them if they ran (call_may_wait)
         self._abandoned: dict[int, tuple[int, Callable[[Any], Any]]] = {}
@@ -189,9 +190,12 @@ class Connection:
 
     def _collect_notes(self) -> bytes:
         """Queued notifications, with the releases that are due. Holds the send lock."""
-        if not self._refs_lock.acquire(blocking=False):
+        # Held a moment by another thread (or below us): next time. (Not acquire(False), then
+        # try: an exception raised between the two, a signal handler's, left it held for good.)
+        lock = self._refs_lock
+        if lock.locked():
             return b""
-        try:
+        with lock:
             dead, refs, notes = self._dead, self._refs, self._notes
             due, dying = self._dying, {}
             while dead:
@@ -219,8 +223,6 @@ class Connection:
             data = b"".join([self._frame(_NOTE_RID, msg) for msg in notes])
             notes.clear()
             return data
-        finally:
-            self._refs_lock.release()
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -254,7 +256,7 @@ class Connection:
     def _request(self, oid: int, name: str, args: Any, kwargs: dict[str, Any] | None) -> int:
         """Send a call; its request id."""
         if self._read_lock._is_owned():       # type: ignore[attr-defined]
-            self._reclaim_reader_role()
+            self._check_role()
         if self.closed:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
         rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
@@ -298,12 +300,18 @@ class Connection:
             return value
         self.raise_reply(status, value)
 
-    def _reclaim_reader_role(self) -> None:
-        """This thread, starting a call, holds the reader role: an exception raised between
-        taking the role and giving it back (a signal handler's, which Python runs between any
-        two steps) left it held, and every later call would wait for it forever. Give it back.
-        (No call is made while reading: decoding, which can call, happens after the role is
-        left.)"""
+    def _check_role(self) -> None:
+        """This thread, starting a call, holds the reader role. Either a call of this thread is
+        reading below this one (a signal handler or a finalizer made this call in the middle
+        of it): its reply would come after the one the reader waits for, so it cannot be
+        answered. Or an exception raised between taking the role and giving it back (a signal
+        handler's, which Python runs between any two steps) left it held, and every later call
+        would wait for it forever: give it back. (No call is made while reading otherwise:
+        decoding, which can call, happens after the role is left.)"""
+        if self._reading:
+            raise RuntimeError("a shoal call was made while this thread waits for the reply "
+                               "of another (from a signal handler or a finalizer); it cannot "
+                               "be answered before that one: make it after")
         self._read_lock._release_save()       # type: ignore[attr-defined]  # every level
         if self._waiting:
             with self._cond:
@@ -365,6 +373,7 @@ class Connection:
         if self._read_lock.acquire(False):
             # Fast path: nobody else is reading, and the usual next chunk is exactly our reply.
             if not self._rbuf and not self._replies:
+                self._reading = True
                 try:
                     chunk = self.sock.recv(65536)
                 except BaseException as e:
@@ -372,6 +381,8 @@ class Connection:
                     if isinstance(e, OSError):
                         self._broken(e)          # a reset: ConnectionLost, as on other paths
                     raise
+                finally:
+                    self._reading = False
                 if len(chunk) >= 8:
                     length, got = HEADER.unpack_from(chunk)
                     if got == rid and len(chunk) == 8 + length:
@@ -420,7 +431,7 @@ class Connection:
         status 0 is a value, anything else an error to raise with ``raise_reply``."""
         decode = self._codec.decode
         if self._read_lock._is_owned():       # type: ignore[attr-defined]
-            self._reclaim_reader_role()
+            self._check_role()
         if not self._read_lock.acquire(False):
             return [decode(self._wait(rid)) for rid in rids]
         # The bodies are decoded after the reader role is left: decoding a reference can make
@@ -428,6 +439,7 @@ class Connection:
         out: list[Any] = []
         replies = self._replies
         try:
+            self._reading = True
             while len(out) < len(rids):
                 if not replies and self._take_frames(rids, out):
                     continue                 # the bulk path took what had arrived
@@ -441,6 +453,7 @@ class Connection:
                         self._file(got, data)
                 out.append(_NONE if body == _NONE_BODY else body)
         finally:
+            self._reading = False
             self._read_lock.release()
             if self._waiting:
                 with self._cond:
@@ -487,6 +500,7 @@ class Connection:
     def _read_until(self, rid: int) -> bytes:
         """Holding the reader role: read frames, hand others theirs, until ours comes."""
         try:
+            self._reading = True
             body = self._replies.pop(rid, None)
             while body is None:
                 got, data = self._read_frame()
@@ -496,6 +510,7 @@ class Connection:
                     self._file(got, data)
             return body
         finally:
+            self._reading = False
             self._read_lock.release()
             if self._waiting:      # someone may need to take the reader role now
                 with self._cond:
