@@ -367,6 +367,26 @@ def test_condition_needs_its_lock(m: shoal.SyncManager) -> None:
 
 
 @pytest.mark.timeout(10)
+def test_a_lock_let_go_through_its_condition_is_not_released_twice_in_silence(
+        m: shoal.SyncManager) -> None:
+    """Its proxy still counted it held, sent the second release without waiting, and the
+    server's RuntimeError was lost."""
+    lock = m.Lock()
+    cond = m.Condition(lock)
+    lock.acquire()
+    cond.release()                            # the same lock: free now
+    assert not lock.locked()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    lock.acquire()                            # and it works on as before
+    lock.release()
+    with cond:
+        assert lock.locked()
+    assert not lock.locked()
+
+
+
+@pytest.mark.timeout(10)
 def test_condition_wait_timeout_and_reacquire(m: shoal.SyncManager) -> None:
     c = m.Condition(m.Lock())
     with c:

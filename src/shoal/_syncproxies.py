@@ -129,6 +129,18 @@ class SemaphoreProxy(BaseProxy):
 class ConditionProxy(AcquirerProxy):
     """A shared ``threading.Condition``."""
 
+    def release(self) -> None:
+        AcquirerProxy.release(self)
+        # The lock under it may be one this thread took through that lock's own proxy, which
+        # counted it to release it without waiting: the count is stale now. This thread's
+        # counts are dropped, so its next release of such a lock is a call again (which
+        # raises if the lock is not held), never a silent one.
+        owned = self._conn.owned
+        if owned:
+            tid = get_ident()
+            for key in [k for k in owned if k[1] == tid]:
+                del owned[key]
+
     def wait(self, timeout: float | None = None) -> bool:
         return self._call_may_wait(  # type: ignore[no-any-return]
             "wait", _seconds(timeout), get_ident(), undo=_client.FINISH)
