@@ -42,7 +42,8 @@ class AcquirerProxy(BaseProxy):
 
     def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
         tid = get_ident()
-        r = self._call_may_wait("acquire", blocking, -1 if timeout is None else _seconds(timeout), tid,
+        timeout = -1 if timeout is None else _seconds(timeout)
+        r = self._call_may_wait("acquire", blocking, timeout, tid,
                                 undo=lambda got: ("release", [tid]) if got else None)
         if r == OWNER_DIED:
             self.owner_died = True
