@@ -4,7 +4,8 @@ Two parts, each beside its baselines from the same run:
 
 * **writes**: total ``d[k] = v`` per second (1,000 small int keys, int values) from client
   processes started together, on a shoal server persisting with ``fsync="always"`` (1 client:
-  one fsync per write; 4 clients: what group commit makes of it), ``"everysec"`` and ``"no"``,
+  one fsync per write; 4 and 8 clients, and 4 clients of 8 writing threads each: what group
+  commit makes of it), ``"everysec"`` and ``"no"``,
   on shoal without persistence and on ``multiprocessing.Manager`` (memory only, the reference),
   and on SQLite in WAL mode (stdlib ``sqlite3``, one autocommitted ``INSERT OR REPLACE`` per
   write, ``synchronous=FULL`` and ``NORMAL``), the alternative engine. Each round also times
@@ -65,6 +66,7 @@ below is written by the script named in it; rerun that command to refresh it. Ho
 REPO = Path(__file__).resolve().parent.parent
 KEY = b"bench-persist-authkey-0123456789"
 KEYS = 1000
+THREADS = 8         # writing threads in each client process of the threaded cases
 
 
 # -- small helpers -----------------------------------------------------------------------------
@@ -95,18 +97,20 @@ def _forget_connections() -> None:
 
 # -- part 1: write throughput ------------------------------------------------------------------
 
-# (row label, how many clients, system kind, its setting)
-WRITE_CASES: list[tuple[str, int, str, str]] = [
-    ("shoal, `fsync=\"always\"`", 1, "shoal", "always"),
-    ("shoal, `fsync=\"always\"`", 4, "shoal", "always"),
-    ("shoal, `fsync=\"always\"`", 8, "shoal", "always"),
-    ("shoal, `fsync=\"everysec\"`", 4, "shoal", "everysec"),
-    ("shoal, `fsync=\"no\"`", 4, "shoal", "no"),
-    ("shoal, no persistence", 4, "shoal", "none"),
-    ("multiprocessing.Manager (memory only)", 4, "Manager", ""),
-    ("SQLite WAL, `synchronous=FULL`", 1, "sqlite", "FULL"),
-    ("SQLite WAL, `synchronous=FULL`", 4, "sqlite", "FULL"),
-    ("SQLite WAL, `synchronous=NORMAL`", 4, "sqlite", "NORMAL"),
+# (row label, how many client processes, threads writing in each, system kind, its setting)
+WRITE_CASES: list[tuple[str, int, int, str, str]] = [
+    ("shoal, `fsync=\"always\"`", 1, 1, "shoal", "always"),
+    ("shoal, `fsync=\"always\"`", 4, 1, "shoal", "always"),
+    ("shoal, `fsync=\"always\"`", 8, 1, "shoal", "always"),
+    ("shoal, `fsync=\"always\"`", 4, THREADS, "shoal", "always"),
+    ("shoal, `fsync=\"everysec\"`", 4, 1, "shoal", "everysec"),
+    ("shoal, `fsync=\"no\"`", 4, 1, "shoal", "no"),
+    ("shoal, no persistence", 4, 1, "shoal", "none"),
+    ("shoal, no persistence", 4, THREADS, "shoal", "none"),
+    ("multiprocessing.Manager (memory only)", 4, 1, "Manager", ""),
+    ("SQLite WAL, `synchronous=FULL`", 1, 1, "sqlite", "FULL"),
+    ("SQLite WAL, `synchronous=FULL`", 4, 1, "sqlite", "FULL"),
+    ("SQLite WAL, `synchronous=NORMAL`", 4, 1, "sqlite", "NORMAL"),
 ]
 
 
@@ -117,9 +121,10 @@ def _sqlite_open(path: str, sync: str) -> sqlite3.Connection:
     return db
 
 
-def _writer(kind: str, handle: Any, wid: int, duration: float, barrier: Any,
+def _writer(kind: str, handle: Any, wid: int, threads: int, duration: float, barrier: Any,
             results: Any) -> None:
-    """One client process: warm up, wait for the others, then write for ``duration`` s."""
+    """One client process: warm up, wait for the others, then write for ``duration`` s from
+    ``threads`` threads (shoal's threads share the process's connection)."""
     try:
         if kind == "sqlite":
             path, sync = handle
@@ -131,34 +136,48 @@ def _writer(kind: str, handle: Any, wid: int, duration: float, barrier: Any,
             close: Callable[[], None] = db.close
         else:
             setf, close = handle.__setitem__, (lambda: None)
-        base = wid * 7919
         for i in range(100):                              # warm up: connection, caches
-            setf((base + i) % KEYS, i)
+            setf((wid * 7919 + i) % KEYS, i)
         barrier.wait(timeout=300)
         clock = time.perf_counter
-        n = 0
+        counts = [0] * threads
+
+        def write(t: int, end: float) -> None:
+            base = (wid * threads + t) * 7919
+            n = 0
+            while True:
+                setf((base + n) % KEYS, n)
+                n += 1
+                if clock() >= end:
+                    break
+            counts[t] = n
         t0 = clock()
-        end = t0 + duration
-        while True:
-            setf((base + n) % KEYS, n)
-            n += 1
-            if clock() >= end:
-                break
+        if threads == 1:
+            write(0, t0 + duration)
+        else:
+            pool = [threading.Thread(target=write, args=(t, t0 + duration))
+                    for t in range(threads)]
+            for th in pool:
+                th.start()
+            for th in pool:
+                th.join()
+            if not all(counts):
+                raise RuntimeError("a writing thread failed")
         elapsed = clock() - t0
         close()
-        results.put((n, elapsed, None))
+        results.put((sum(counts), elapsed, None))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
         with contextlib.suppress(Exception):
             barrier.abort()
         results.put((0, 0.0, f"{type(e).__name__}: {e}"))
 
 
-def run_writers(kind: str, handle: Any, nclients: int, duration: float) -> float:
+def run_writers(kind: str, handle: Any, nclients: int, threads: int, duration: float) -> float:
     """Total writes per second of ``nclients`` processes started together."""
     barrier = multiprocessing.Barrier(nclients + 1)
     results: Any = multiprocessing.Queue()
     procs = [multiprocessing.Process(target=_writer, daemon=True,
-                                     args=(kind, handle, i, duration, barrier, results))
+                                     args=(kind, handle, i, threads, duration, barrier, results))
              for i in range(nclients)]
     for p in procs:
         p.start()
@@ -253,7 +272,7 @@ def write_systems(base: str) -> Iterator[dict[tuple[str, str], Any]]:
     """Every system of the writes part, started and prefilled: {(kind, setting): handle}."""
     with contextlib.ExitStack() as stack:
         handles: dict[tuple[str, str], Any] = {}
-        for _, _, kind, setting in WRITE_CASES:
+        for *_, kind, setting in WRITE_CASES:
             if (kind, setting) in handles:
                 continue
             if kind == "shoal":
@@ -290,7 +309,7 @@ def measure_writes(rounds: int, duration: float, base: str, engine_ops: int
     ``rounds``."""
     res: dict[int, list[float]] = {i: [] for i in range(len(WRITE_CASES))}
     per_fsync: dict[int, list[float]] = {i: [] for i, c in enumerate(WRITE_CASES)
-                                         if c[2:] == ("shoal", "always")}
+                                         if c[3:] == ("shoal", "always")}
     fsyncs: list[float] = []
     engines: dict[int, list[float]] = {i: [] for i in range(len(ENGINE_CASES))}
     with write_systems(base) as handles:
@@ -298,11 +317,11 @@ def measure_writes(rounds: int, duration: float, base: str, engine_ops: int
         for r in range(rounds):
             fsyncs += fsync_latency(base, 200)
             for i in (order if r % 2 == 0 else order[::-1]):
-                _, n, kind, setting = WRITE_CASES[i]
+                _, n, threads, kind, setting = WRITE_CASES[i]
                 gc.collect()
                 handle = handles[(kind, setting)]
                 before = _journal_counts(handle) if i in per_fsync else (0, 0)
-                res[i].append(run_writers(kind, handle, n, duration))
+                res[i].append(run_writers(kind, handle, n, threads, duration))
                 if i in per_fsync:
                     after = _journal_counts(handle)
                     per_fsync[i].append((after[0] - before[0]) / max(1, after[1] - before[1]))
@@ -338,25 +357,29 @@ def writes_table(res: dict[int, list[float]], fsyncs: list[float],
     fs = statistics.median(fsyncs)
     ceiling = 1 / fs
 
-    def find(kind: str, setting: str, n: int) -> float:
-        return next(med[i] for i, c in enumerate(WRITE_CASES) if c[1:] == (n, kind, setting))
+    def find(kind: str, setting: str, n: int, threads: int = 1) -> float:
+        return next(med[i] for i, c in enumerate(WRITE_CASES)
+                    if c[1:] == (n, threads, kind, setting))
+
+    def carried_by(n: int, threads: int = 1) -> float:
+        return next(carried[i] for i, c in enumerate(WRITE_CASES)
+                    if c[1:] == (n, threads, "shoal", "always"))
 
     none4 = find("shoal", "none", 4)
     lines = [("| system | clients | writes/s | µs per write | vs shoal without persistence "
               "| writes per fsync |"), "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for i, (label, n, kind, setting) in enumerate(WRITE_CASES):
+    for i, (label, n, threads, kind, setting) in enumerate(WRITE_CASES):
         w = med[i]
         each = f"{carried[i]:.2f}" if i in carried else "—"
-        lines.append(f"| {label} | {n} | {w:,.0f} | {1e6 / w:,.1f} | {w / none4:.2f}× "
+        clients = f"{n} × {threads} threads" if threads > 1 else f"{n}"
+        lines.append(f"| {label} | {clients} | {w:,.0f} | {1e6 / w:,.1f} | {w / none4:.2f}× "
                      f"| {each} |")
     lines.append(f"| one `os.fsync` per write (1 / median fsync latency) | — | {ceiling:,.0f} | "
                  f"{fs * 1e6:,.1f} | {ceiling / none4:.2f}× | 1 |")
     always1, always4 = find("shoal", "always", 1), find("shoal", "always", 4)
     always8 = find("shoal", "always", 8)
-
-    def carried_by(n: int) -> float:
-        return next(carried[i] for i, c in enumerate(WRITE_CASES)
-                    if c[1:] == (n, "shoal", "always"))
+    threaded = find("shoal", "always", 4, THREADS)
+    threaded_none = find("shoal", "none", 4, THREADS)
     everysec, no = find("shoal", "everysec", 4), find("shoal", "no", 4)
     sqlite4 = find("sqlite", "FULL", 4)
     goals = [
@@ -364,12 +387,15 @@ def writes_table(res: dict[int, list[float]], fsyncs: list[float],
          f"{fs * 1e6:,.0f} µs, p90 {_pct(fsyncs, 0.9) * 1e6:,.0f} µs ({len(fsyncs)} samples "
          f"spread over the rounds)."),
         (f"- Group commit (goal: 4 clients with `always` many times one fsync per write): 4 "
-         f"clients write {always4:,.0f}/s, {always4 / always1:.2f}× one client with `always` "
-         f"({always1:,.0f}/s) and {always4 / ceiling:.2f}× one fsync per write "
-         f"({ceiling:,.0f}/s). Each fsync carried {carried_by(4):.2f} writes (the server's own "
-         f"counts, `shoal inspect`'s `persistence`), of at most 4 while each client has one "
-         f"write in flight; 8 clients: {always8:,.0f}/s, {carried_by(8):.2f} writes per "
-         f"fsync."),
+         f"client processes with {THREADS} writing threads each write {threaded:,.0f}/s, "
+         f"{threaded / ceiling:.2f}× one fsync per write ({ceiling:,.0f}/s); each fsync "
+         f"carried {carried_by(4, THREADS):.2f} writes (the server's own counts, `shoal "
+         f"inspect`'s `persistence`), and the same load without persistence writes "
+         f"{threaded_none:,.0f}/s. With one thread each, 4 clients have at most 4 writes in "
+         f"flight, so no fsync can carry more: they write {always4:,.0f}/s, "
+         f"{always4 / always1:.2f}× one client ({always1:,.0f}/s) and {always4 / ceiling:.2f}× "
+         f"one fsync per write, {carried_by(4):.2f} writes per fsync; 8 clients: "
+         f"{always8:,.0f}/s, {carried_by(8):.2f} writes per fsync."),
         (f"- `everysec` beside no persistence (goal: within 1.5×): {none4 / everysec:.2f}× "
          f"slower; `no`: {none4 / no:.2f}× slower."),
         (f"- The alternative engine: SQLite in WAL mode with `synchronous=FULL`, 4 writers: "
@@ -390,8 +416,9 @@ def part_writes(args: argparse.Namespace) -> str:
     return f"""### Write throughput under each fsync policy
 
 `d[k] = v` on 1,000 int keys with int values, from client processes started together (each
-warms up with 100 writes, then writes for {args.duration:g} s after a barrier); writes/s is the
-sum over clients of each client's writes over its own run time, median over
+warms up with 100 writes, then writes for {args.duration:g} s after a barrier; "4 × {THREADS}
+threads": {THREADS} threads of each process write at once, through its one connection); writes/s
+is the sum over clients of each client's writes over its own run time, median over
 {args.rounds} round{'s' * (args.rounds != 1)} with the cases interleaved. shoal writes into
 `m.root` of `shoal.Manager(persist=DIR, fsync=…)`; SQLite runs one autocommitted `INSERT OR
 REPLACE INTO kv (k, v)` per write on one WAL-mode file (each writer its own connection, busy
