@@ -1081,8 +1081,10 @@ def test_queue_put_checks_its_timeout_only_when_bounded(sm: Any) -> None:
 
 
 @pytest.mark.timeout(20)
-def test_semaphore_counts_must_be_ints(sm: Any) -> None:
-    # Redis took floats: the count became 2.5 and no longer one of the holders' counts.
+def test_counts_are_whole_numbers_as_threading_takes_them(sm: Any) -> None:
+    # A fraction is refused (Redis took 2.5 and the count no longer added up; in threading it
+    # makes a Semaphore or Barrier that never works). Bools and whole floats are counts, as
+    # threading takes them (they were refused).
     for make in (sm.Semaphore, sm.BoundedSemaphore):
         with pytest.raises(TypeError, match="semaphore initial value must be an int"):
             make(1.5)
@@ -1091,8 +1093,24 @@ def test_semaphore_counts_must_be_ints(sm: Any) -> None:
     with pytest.raises(TypeError, match="n must be an int"):
         s.release(1.5)
     assert s.get_value() == 1
-    s.release()
+    s.release(True)
     assert s.get_value() == 2
+    s.release(2.0)
+    assert s.get_value() == 4 and type(s.get_value()) is int
+    one = sm.Semaphore(True)
+    assert one.acquire(timeout=0) and not one.acquire(timeout=0)
+    bounded = sm.BoundedSemaphore(2.0)
+    assert bounded.acquire(timeout=0)
+    bounded.release()
+    with pytest.raises(ValueError, match="released too many times"):
+        bounded.release()
+    with pytest.raises(TypeError, match="parties must be an int"):
+        sm.Barrier(2.5)
+    with pytest.raises(ValueError, match="parties must be an int > 0"):
+        sm.Barrier(0)
+    b = sm.Barrier(1.0)
+    assert b.parties == 1 and b.wait(timeout=5) == 0
+    assert sm.Barrier(True).wait(timeout=5) == 0
 
 
 @pytest.mark.timeout(30)

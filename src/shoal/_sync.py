@@ -46,6 +46,17 @@ class Waiter:
         self.conn.reply_error(self.rid, exc)
 
 
+def whole_number(value: Any, what: str) -> int:
+    """A count as ``threading`` takes it (a Semaphore's value and release, a Barrier's
+    parties): an int, a bool or a float with no fraction. One with a fraction is refused: in
+    threading it makes a Semaphore or Barrier that never works."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return int(value)
+
+
 def timeout_value(value: Any, negative: str) -> float | None:
     """A timeout as the server (and the Redis proxies) keep it: None (for ever) or seconds >= 0.
 
@@ -286,8 +297,7 @@ class SSemaphore(SyncObject):
 
     def __init__(self, server: Server, value: int = 1) -> None:
         super().__init__(server)
-        if type(value) is not int:
-            raise TypeError("semaphore initial value must be an int")
+        value = whole_number(value, "semaphore initial value")
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self.value = self.initial = value
@@ -326,8 +336,7 @@ class SSemaphore(SyncObject):
 
     @op("release")
     def release(self, n: int = 1) -> None:
-        if type(n) is not int:
-            raise TypeError("n must be an int")
+        n = whole_number(n, "n")
         if n < 1:
             raise ValueError("n must be one or more")
         if self.bounded and self.value + n > self.initial:
@@ -513,7 +522,8 @@ class SBarrier(SyncObject):
     def __init__(self, server: Server, parties: int, action: Any = None,
                  timeout: Any = None) -> None:
         super().__init__(server)
-        if type(parties) is not int or parties < 1:
+        parties = whole_number(parties, "parties")
+        if parties < 1:
             raise ValueError("parties must be an int > 0")
         self.parties = parties
         self.action = action                 # opaque: only the client that runs it unpickles it

@@ -11,6 +11,7 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
+from .._sync import whole_number
 from ._backend import Backend, Plan, Spec, get_backend, parse_url
 from ._proxies import (
     RedisDictProxy,
@@ -31,12 +32,12 @@ from ._sync import (
 __all__ = ["RedisManager", "connect"]
 
 
-def _check_initial(value: Any) -> None:
-    # The local server's checks and messages (a float count would not add up on Redis).
-    if type(value) is not int:
-        raise TypeError("semaphore initial value must be an int")
-    if value < 0:
+def _check_initial(value: Any) -> int:
+    # The local server's checks and messages (a fraction would not add up on Redis).
+    count = whole_number(value, "semaphore initial value")
+    if count < 0:
         raise ValueError("semaphore initial value must be >= 0")
+    return count
 
 
 class RedisManager:
@@ -160,14 +161,14 @@ class RedisManager:
 
     def Semaphore(self, value: int = 1) -> RedisSemaphoreProxy:
         """A new shared Semaphore."""
-        _check_initial(value)
+        value = _check_initial(value)
         s = self._create("Semaphore")
         self._b.redis.hset(s._redis_key, "v", value)
         return s  # type: ignore[no-any-return]
 
     def BoundedSemaphore(self, value: int = 1) -> RedisSemaphoreProxy:
         """A new shared BoundedSemaphore."""
-        _check_initial(value)
+        value = _check_initial(value)
         s = self._create("BoundedSemaphore", {"bound": value})
         self._b.redis.hset(s._redis_key, "v", value)
         return s  # type: ignore[no-any-return]
@@ -190,8 +191,9 @@ class RedisManager:
     def Barrier(self, parties: int, action: Any = None,
                 timeout: float | None = None) -> RedisBarrierProxy:
         """A new shared Barrier; ``action`` (pickled) runs in the last party to arrive."""
+        parties = whole_number(parties, "parties")
         if parties < 1:
-            raise ValueError("parties must be >= 1")
+            raise ValueError("parties must be an int > 0")
         meta: dict[str, Any] = {"parties": parties}
         if action is not None:
             meta["action"] = pickle.dumps(action)

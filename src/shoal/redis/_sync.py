@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .._sync import timeout_value as _timeout
+from .._sync import timeout_value as _timeout, whole_number
 from .._syncproxies import (
     BarrierProxy,
     ConditionProxy,
@@ -174,8 +174,7 @@ class RedisSemaphoreProxy(_SyncProxy, SemaphoreProxy):
             self._wait(r[1], deadline)
 
     def release(self, n: int = 1) -> None:
-        if type(n) is not int:
-            raise TypeError("n must be an int")
+        n = whole_number(n, "n")
         if n < 1:
             raise ValueError("n must be one or more")
         b = self._b
