@@ -1430,6 +1430,34 @@ def test_an_abandoned_get_whose_item_needs_a_call_to_decode_is_given_back() -> N
         t.join(5)
 
 
+@pytest.mark.timeout(30)
+def test_an_exception_as_the_request_goes_out_loses_nothing(m: shoal.SyncManager,
+                                                            monkeypatch: Any) -> None:
+    """A signal handler's exception can come as ``sendall`` returns (it runs the handlers after
+    sending), before the reply is waited for: what the request takes is given back (the item
+    lost, the lock held for good before)."""
+    lk, q = m.Lock(), m.Queue()
+    q.put("first")
+    q.put("second")
+    conn = q._conn
+    write = type(conn)._write
+
+    def write_then_interrupt(self: Any, data: bytes) -> None:
+        write(self, data)
+        monkeypatch.setattr(type(conn), "_write", write)      # once
+        raise KeyboardInterrupt
+    for call in (lambda: q.get(timeout=5), lambda: lk.acquire(timeout=5)):
+        monkeypatch.setattr(type(conn), "_write", write_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            call()
+    deadline = time.monotonic() + 5          # given back from a thread of its own
+    while (q.qsize() < 2 or lk.locked()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert q.get(timeout=2) == "first" and q.get(timeout=2) == "second"
+    assert lk.acquire(timeout=2) is True
+    lk.release()
+
+
 class SlowToUnpickle:
     def __init__(self, n: int) -> None:
         self.n = n

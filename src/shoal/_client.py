@@ -253,8 +253,11 @@ class Connection:
         with self._send_lock:
             self._notes.append([oid, name, args])
 
-    def _request(self, oid: int, name: str, args: Any, kwargs: dict[str, Any] | None) -> int:
-        """Send a call; its request id."""
+    def _request(self, oid: int, name: str, args: Any, kwargs: dict[str, Any] | None,
+                 sent: list[int] | None = None) -> int:
+        """Send a call; its request id. With ``sent``, ``[0, 0]``: the id is put in ``sent[0]``
+        just before the request may go out, and in ``sent[1]`` once it has (an exception can
+        come between any two steps: see ``call_may_wait``)."""
         if self._read_lock._is_owned():       # type: ignore[attr-defined]
             self._check_role()
         if self.closed:
@@ -268,7 +271,12 @@ class Connection:
             if len(body) > P.MAX_FRAME:
                 raise ValueError(f"this call's arguments encode to {len(body)} bytes, over the "
                                  f"limit of {P.MAX_FRAME} bytes per call; split the value")
-            self._write(HEADER.pack(len(body), rid) + body)
+            if sent is None:
+                self._write(HEADER.pack(len(body), rid) + body)
+            else:
+                sent[0] = rid
+                self._write(HEADER.pack(len(body), rid) + body)
+                sent[1] = rid
         return rid
 
     def call_may_wait(self, oid: int, name: str, args: Any, undo: Any) -> Any:
@@ -278,14 +286,18 @@ class Connection:
         that gives back what it got (a release, the item). ``undo=FINISH`` (a Condition's
         wait): the server ends the wait instead, and the exception goes on once its reply
         came (the lock is held again then, as after threading's)."""
-        rid = self._request(oid, name, args, None)
+        sent = [0, 0]
         try:
+            # (In the try: an exception raised by a signal handler just after the request went
+            # out, before its reply is waited for, must not lose what it takes.)
+            rid = self._request(oid, name, args, None, sent)
             body = self._reply_body(rid)
         except BaseException:
             if undo is FINISH:
-                self._finish(rid)
-            else:
-                self._abandon(rid, oid, undo)
+                if sent[1]:                 # (its reply is waited for: only if it went out)
+                    self._finish(sent[1])
+            elif sent[0]:                   # it may have gone out: cancelled, or undone
+                self._abandon(sent[0], oid, undo)
             raise
         try:
             status, value = self._codec.decode(body)    # (unpickles: may take a while)
