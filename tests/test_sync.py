@@ -1458,6 +1458,48 @@ def test_an_exception_as_the_request_goes_out_loses_nothing(m: shoal.SyncManager
     lk.release()
 
 
+@pytest.mark.timeout(30)
+def test_a_condition_wait_interrupted_as_it_goes_out_takes_the_lock_back(
+        m: shoal.SyncManager, monkeypatch: Any) -> None:
+    """As threading's: the block holds the lock again when the exception goes on, and no wait
+    is left behind in the server to take the lock later (it did, and the release raised)."""
+    cond = m.Condition()
+    conn = cond._conn
+    write = type(conn)._write
+
+    def write_then_interrupt(self: Any, data: bytes) -> None:
+        write(self, data)
+        monkeypatch.setattr(type(conn), "_write", write)
+        raise KeyboardInterrupt
+    with cond:
+        monkeypatch.setattr(type(conn), "_write", write_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            cond.wait(timeout=1)
+    time.sleep(1.5)                          # past the wait's timeout
+    t, got = in_thread(lambda: (cond.acquire(timeout=2), cond.release())[0])
+    t.join(5)
+    assert got == [True] and not conn._replies
+
+
+@pytest.mark.timeout(30)
+def test_a_wait_interrupted_before_its_request_went_out_leaves_nothing(
+        m: shoal.SyncManager, monkeypatch: Any) -> None:
+    q = m.Queue()
+    q.put(1)
+    conn = q._conn
+    write = type(conn)._write
+
+    def interrupt(self: Any, data: bytes) -> None:
+        monkeypatch.setattr(type(conn), "_write", write)
+        raise KeyboardInterrupt              # before anything was sent
+    for _ in range(50):
+        monkeypatch.setattr(type(conn), "_write", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            q.get(timeout=1)
+    assert q.qsize() == 1                    # the cancels' replies come before this one's
+    assert not conn._abandoned and not conn._cancels and not conn._replies
+
+
 class SlowToUnpickle:
     def __init__(self, n: int) -> None:
         self.n = n

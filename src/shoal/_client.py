@@ -95,6 +95,7 @@ class Connection:
         self._replies: dict[int, bytes] = {}
         # requests whose caller gave up waiting -> what undoes them if they ran (call_may_wait)
         self._abandoned: dict[int, tuple[int, Callable[[Any], Any]]] = {}
+        self._cancels: dict[int, int] = {}    # a cancel's request id -> the one it cancels
         self._rbuf = bytearray()
         self._refs: dict[int, list[int]] = {}   # oid -> [live proxies, receipts]
         self._refs_lock = threading.Lock()
@@ -254,15 +255,16 @@ class Connection:
             self._notes.append([oid, name, args])
 
     def _request(self, oid: int, name: str, args: Any, kwargs: dict[str, Any] | None,
-                 sent: list[int] | None = None) -> int:
-        """Send a call; its request id. With ``sent``, ``[0, 0]``: the id is put in ``sent[0]``
-        just before the request may go out, and in ``sent[1]`` once it has (an exception can
-        come between any two steps: see ``call_may_wait``)."""
+                 sent: list[int] | None = None, rid: int = 0) -> int:
+        """Send a call; its request id (``rid`` if given). With ``sent``, ``[0]``: the id is put
+        in it just before the request may go out (an exception can come between any two steps,
+        and ``sendall`` raises a signal handler's after sending: see ``call_may_wait``)."""
         if self._read_lock._is_owned():       # type: ignore[attr-defined]
             self._check_role()
         if self.closed:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
-        rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
+        if not rid:
+            rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
         msg = [oid, name, args if type(args) is list else list(args)]
         if kwargs:
             msg.append(kwargs)
@@ -271,12 +273,9 @@ class Connection:
             if len(body) > P.MAX_FRAME:
                 raise ValueError(f"this call's arguments encode to {len(body)} bytes, over the "
                                  f"limit of {P.MAX_FRAME} bytes per call; split the value")
-            if sent is None:
-                self._write(HEADER.pack(len(body), rid) + body)
-            else:
+            if sent is not None:
                 sent[0] = rid
-                self._write(HEADER.pack(len(body), rid) + body)
-                sent[1] = rid
+            self._write(HEADER.pack(len(body), rid) + body)
         return rid
 
     def call_may_wait(self, oid: int, name: str, args: Any, undo: Any) -> Any:
@@ -286,18 +285,18 @@ class Connection:
         that gives back what it got (a release, the item). ``undo=FINISH`` (a Condition's
         wait): the server ends the wait instead, and the exception goes on once its reply
         came (the lock is held again then, as after threading's)."""
-        sent = [0, 0]
+        sent = [0]
         try:
             # (In the try: an exception raised by a signal handler just after the request went
             # out, before its reply is waited for, must not lose what it takes.)
             rid = self._request(oid, name, args, None, sent)
             body = self._reply_body(rid)
         except BaseException:
-            if undo is FINISH:
-                if sent[1]:                 # (its reply is waited for: only if it went out)
-                    self._finish(sent[1])
-            elif sent[0]:                   # it may have gone out: cancelled, or undone
-                self._abandon(sent[0], oid, undo)
+            if sent[0]:                     # it may have gone out: cancelled, or undone
+                if undo is FINISH:
+                    self._finish(sent[0])
+                else:
+                    self._abandon(sent[0], oid, undo)
             raise
         try:
             status, value = self._codec.decode(body)    # (unpickles: may take a while)
@@ -333,15 +332,23 @@ class Connection:
         return self._read_until(rid) if self._read_lock.acquire(False) else self._wait(rid)
 
     def _finish(self, rid: int) -> None:
+        """End an interrupted wait and wait for its reply, if its request arrived at all."""
         if self.closed:
             return
         try:
-            self.send(0, "cancel", [rid])
-            self._reply_body(rid)
+            waits = self.call(0, "cancel", [rid])
+            with self._cond:                 # a reply that came before the cancel's is here
+                body = self._replies.pop(rid, None)
+            if body is None and waits:
+                self._reply_body(rid)
         except Exception:
             pass
 
     def _abandon(self, rid: int, oid: int, undo: Callable[[Any], Any]) -> None:
+        """Give up request ``rid`` without waiting (the server may not answer soon): it is
+        cancelled, or undone when its reply comes. The cancel's own reply, read by whoever
+        reads next, comes after any of the request's: it forgets a request that never
+        arrived."""
         if self.closed:
             return                           # the server drops what a gone client waited for
         with self._cond:
@@ -351,10 +358,14 @@ class Connection:
         if body is not None:                 # it ran: its reply came meanwhile
             self._settle(body, oid, undo)
             return
+        crid = self.next_rid()
+        with self._cond:
+            self._cancels[crid] = rid
         try:
-            self.send(0, "cancel", [rid])
+            self._request(0, "cancel", [rid], None, rid=crid)
         except Exception:
-            pass
+            with self._cond:
+                self._cancels.pop(crid, None)
 
     def _settle(self, body: bytes, oid: int, undo: Callable[[Any], Any]) -> None:
         """The reply to a request whose caller gave up: undo what it did, if it ran."""
@@ -371,6 +382,9 @@ class Connection:
         a thread of its own (decoding it may need a call, which this reader could not make: an
         AutoProxy asks for its methods; and the reader may wait long for its own reply)."""
         with self._cond:
+            if self._cancels and rid in self._cancels:   # a cancel's: the request it gave
+                self._abandoned.pop(self._cancels.pop(rid), None)   # up is settled by now
+                return
             gave_up = self._abandoned.pop(rid, None) if self._abandoned else None
             if gave_up is None:
                 self._replies[rid] = body

@@ -1004,16 +1004,17 @@ class ServerOps(Shared):
         self.server.current.unref(oid, n)  # type: ignore[union-attr]
 
     @op("cancel")
-    def cancel(self, rid: int) -> None:
+    def cancel(self, rid: int) -> bool:
         """The client gave up waiting for request ``rid`` (an exception interrupted it): if it
         is still parked (an acquire, a get, a bounded put, a per-object lock), it is dropped
         and answered with an error the client ignores. One that already ran is undone by the
-        client (it releases what it got, or gives the item back)."""
+        client (it releases what it got, or gives the item back). Whether it was found waiting
+        (a request that must run to its end, a Condition's wait taking its lock back, counts
+        as found: its reply is still to come). The request's replies precede this one's, so a
+        client that finds neither knows the request never arrived."""
         conn = self.server.current
         assert conn is not None
-        for obj in list(conn.involved):
-            if obj.cancel(conn, rid):
-                return
+        return any(obj.cancel(conn, rid) for obj in list(conn.involved))
 
     @op("hold")
     def hold(self, oid: int) -> None:
