@@ -1111,6 +1111,35 @@ def test_counts_are_whole_numbers_as_threading_takes_them(sm: Any) -> None:
     b = sm.Barrier(1.0)
     assert b.parties == 1 and b.wait(timeout=5) == 0
     assert sm.Barrier(True).wait(timeout=5) == 0
+    for odd in (IntLike(2), FloatLike(2.0)):    # (a local server gets them pickled) alike
+        with pytest.raises(TypeError, match=r"must be an int, not .*\(pass int"):
+            sm.Semaphore(odd)
+        with pytest.raises(TypeError, match=r"must be an int, not .*\(pass int"):
+            s.release(odd)
+        with pytest.raises(TypeError, match=r"must be an int, not .*\(pass int"):
+            sm.Barrier(odd)
+
+
+@pytest.mark.timeout(20)
+def test_redis_refuses_counts_it_cannot_keep_exactly(redis_m: Any) -> None:
+    # Its scripts count in doubles: 1e20 came back as -2**63, and acquire went through.
+    for make in (redis_m.Semaphore, redis_m.Barrier):
+        with pytest.raises(OverflowError, match=r"at most 2\*\*53 on Redis"):
+            make(10 ** 20)
+    s = redis_m.Semaphore(0)
+    with pytest.raises(OverflowError, match=r"at most 2\*\*53 on Redis"):
+        s.release(1e20)
+    assert s.get_value() == 0 and not s.acquire(timeout=0)
+    s.release(2 ** 53)
+    assert s.get_value() == 2 ** 53
+
+
+class IntLike(int):
+    pass
+
+
+class FloatLike(float):
+    pass
 
 
 @pytest.mark.timeout(30)

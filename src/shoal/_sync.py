@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._codec import Opaque
 from ._objects import OWNER_DIED, PENDING, Shared, op
 
 if TYPE_CHECKING:
@@ -49,12 +50,15 @@ class Waiter:
 def whole_number(value: Any, what: str) -> int:
     """A count as ``threading`` takes it (a Semaphore's value and release, a Barrier's
     parties): an int, a bool or a float with no fraction. One with a fraction is refused: in
-    threading it makes a Semaphore or Barrier that never works."""
-    if isinstance(value, float) and value.is_integer():
+    threading it makes a Semaphore or Barrier that never works. Other types (numpy's) are
+    refused on both backends alike: a local server gets them pickled, and never unpickles."""
+    t = type(value)
+    if t is float and value.is_integer():
         return int(value)
-    if not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    return int(value)
+    if t is int or t is bool:
+        return int(value)
+    name = "a value of a type that is not built in" if t is Opaque else f"{t.__name__}"
+    raise TypeError(f"{what} must be an int, not {name} (pass int(...))")
 
 
 def timeout_value(value: Any, negative: str) -> float | None:

@@ -11,7 +11,6 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-from .._sync import whole_number
 from ._backend import Backend, Plan, Spec, get_backend, parse_url
 from ._proxies import (
     RedisDictProxy,
@@ -27,6 +26,7 @@ from ._sync import (
     RedisQueueProxy,
     RedisRLockProxy,
     RedisSemaphoreProxy,
+    redis_count,
 )
 
 __all__ = ["RedisManager", "connect"]
@@ -34,7 +34,7 @@ __all__ = ["RedisManager", "connect"]
 
 def _check_initial(value: Any) -> int:
     # The local server's checks and messages (a fraction would not add up on Redis).
-    count = whole_number(value, "semaphore initial value")
+    count = redis_count(value, "semaphore initial value")
     if count < 0:
         raise ValueError("semaphore initial value must be >= 0")
     return count
@@ -191,7 +191,7 @@ class RedisManager:
     def Barrier(self, parties: int, action: Any = None,
                 timeout: float | None = None) -> RedisBarrierProxy:
         """A new shared Barrier; ``action`` (pickled) runs in the last party to arrive."""
-        parties = whole_number(parties, "parties")
+        parties = redis_count(parties, "parties")
         if parties < 1:
             raise ValueError("parties must be an int > 0")
         meta: dict[str, Any] = {"parties": parties}

@@ -36,6 +36,17 @@ from ._backend import LeaseExpired, deadline_of, remaining
 from ._proxies import PROXY_TYPES, RedisProxy
 from ._scripts import BLOCKED, OK
 
+#: Redis' scripts count in doubles: a count above this would come back wrong.
+MAX_COUNT = 2 ** 53
+
+
+def redis_count(value: Any, what: str) -> int:
+    """``whole_number``, and small enough for Redis to keep exactly."""
+    n = whole_number(value, what)
+    if n > MAX_COUNT:
+        raise OverflowError(f"{what} must be at most 2**53 on Redis, not {n}")
+    return n
+
 __all__ = [
     "RedisBarrierProxy",
     "RedisConditionProxy",
@@ -174,7 +185,7 @@ class RedisSemaphoreProxy(_SyncProxy, SemaphoreProxy):
             self._wait(r[1], deadline)
 
     def release(self, n: int = 1) -> None:
-        n = whole_number(n, "n")
+        n = redis_count(n, "n")
         if n < 1:
             raise ValueError("n must be one or more")
         b = self._b
