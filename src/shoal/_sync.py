@@ -57,7 +57,7 @@ def whole_number(value: Any, what: str) -> int:
         return int(value)
     if t is int or t is bool:
         return int(value)
-    name = "a value of a type that is not built in" if t is Opaque else f"{t.__name__}"
+    name = "a value of a type that is not built in" if t is Opaque else t.__name__
     raise TypeError(f"{what} must be an int, not {name} (pass int(...))")
 
 

@@ -36,6 +36,16 @@ from ._backend import LeaseExpired, deadline_of, remaining
 from ._proxies import PROXY_TYPES, RedisProxy
 from ._scripts import BLOCKED, OK
 
+__all__ = [
+    "RedisBarrierProxy",
+    "RedisConditionProxy",
+    "RedisEventProxy",
+    "RedisLockProxy",
+    "RedisQueueProxy",
+    "RedisRLockProxy",
+    "RedisSemaphoreProxy",
+]
+
 #: Redis' scripts count in doubles: a count above this would come back wrong.
 MAX_COUNT = 2 ** 53
 
@@ -47,15 +57,6 @@ def redis_count(value: Any, what: str) -> int:
         raise OverflowError(f"{what} must be at most 2**53 on Redis, not {n}")
     return n
 
-__all__ = [
-    "RedisBarrierProxy",
-    "RedisConditionProxy",
-    "RedisEventProxy",
-    "RedisLockProxy",
-    "RedisQueueProxy",
-    "RedisRLockProxy",
-    "RedisSemaphoreProxy",
-]
 
 ACTION = 5
 
