@@ -587,6 +587,36 @@ def test_an_item_given_back_by_a_getter_that_gave_up_survives_in_its_place(
 
 
 @pytest.mark.timeout(60)
+def test_a_get_and_its_cancel_read_in_one_turn_lose_no_item(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A get interrupted as it went out, whose cancel the server reads in the same turn (as a
+    busy server does): the get's reply waits for the journal's commit, and the cancel's went
+    out first, so the client took the get for one that never arrived (the item lost, its reply
+    left unclaimed)."""
+    with server_in_thread(tmp_path, fsync="always") as m:
+        q = m.Queue()
+        q.put("item")
+        conn = q._conn
+        write = type(conn)._write
+        held: list[bytes] = []
+
+        def hold_then_interrupt(self: Any, data: bytes) -> None:
+            held.append(data)                    # the get goes out with the cancel, below
+            monkeypatch.setattr(type(conn), "_write",
+                                lambda self, data: write(self, held.pop() + data))
+            raise KeyboardInterrupt
+        monkeypatch.setattr(type(conn), "_write", hold_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            q.get(timeout=5)
+        monkeypatch.setattr(type(conn), "_write", write)
+        deadline = time.monotonic() + 5          # given back from a thread of its own
+        while q.qsize() != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert q.get(timeout=2) == "item"
+        assert not conn._replies and not conn._abandoned and not conn._cancels
+
+
+@pytest.mark.timeout(60)
 def test_a_restart_in_the_other_nested_mode_replays_writes_as_they_were_made(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The journal's requests were replayed in the restarted server's mode: a dict stored

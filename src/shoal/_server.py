@@ -404,7 +404,9 @@ class Server:
         if out is None:
             return
         frame = HEADER.pack(len(out), rid) + out
-        if len(records) > queued:
+        # A cancel's reply must not overtake a held reply of the request it cancels (the
+        # client takes it as a sign that no reply of that request is still to come).
+        if len(records) > queued or (self.held and name == "cancel" and type(obj) is ServerOps):
             self.held.append((conn, rid, frame))
         else:
             conn.out.append(frame)
