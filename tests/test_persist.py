@@ -617,6 +617,53 @@ def test_a_get_and_its_cancel_read_in_one_turn_lose_no_item(
 
 
 @pytest.mark.timeout(60)
+def test_a_failed_commit_does_not_fail_a_cancel_held_behind_it(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel's reply held only to keep its place goes out as it is when the commit fails
+    (it became "not persisted", the client took it for no answer, and an interrupted
+    Condition.wait left its lock to be taken later for nobody)."""
+    io = FailingIO()
+    with server_in_thread(tmp_path, fsync="always", store_io=io) as m:
+        cond, box = m.Condition(), m.dict()
+        conn = cond._conn
+        write, finish = type(conn)._write, type(conn)._finish
+        b_has_it, b_may_go = threading.Event(), threading.Event()
+
+        def b() -> None:
+            with cond:
+                b_has_it.set()
+                b_may_go.wait(10)
+        calls = [0]
+
+        def interrupt_then_fail(self: Any, data: bytes) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                return write(self, data)
+            calls[0] += 1
+            if calls[0] == 1:                     # the wait goes out, then Ctrl-C
+                write(self, data)
+                raise KeyboardInterrupt
+            if calls[0] == 2:                     # the cancel, after a write whose commit fails
+                io.fail_write = io.writes + 1
+                data = self._frame(self.next_rid(), [box._id, "__setitem__", ["k", 1]]) + data
+            return write(self, data)
+
+        def b_first(self: Any, rid: int) -> None:
+            threading.Thread(target=b, daemon=True).start()   # the lock is B's when it ends
+            b_has_it.wait(5)
+            finish(self, rid)
+        cond.acquire()
+        monkeypatch.setattr(type(conn), "_write", interrupt_then_fail)
+        monkeypatch.setattr(type(conn), "_finish", b_first)
+        threading.Timer(0.5, b_may_go.set).start()
+        with pytest.raises(KeyboardInterrupt):
+            cond.wait(timeout=30)
+        monkeypatch.setattr(type(conn), "_write", write)
+        cond.release()                            # held again, as after threading's wait
+        assert cond.acquire(timeout=2) is True
+        cond.release()
+
+
+@pytest.mark.timeout(60)
 def test_a_restart_in_the_other_nested_mode_replays_writes_as_they_were_made(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The journal's requests were replayed in the restarted server's mode: a dict stored

@@ -1500,6 +1500,51 @@ def test_a_wait_interrupted_before_its_request_went_out_leaves_nothing(
     assert not conn._abandoned and not conn._cancels and not conn._replies
 
 
+class _InterruptedRelease:
+    """A connection's reader lock whose next release raises KeyboardInterrupt once done, as a
+    signal handler run right after that C call would."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.armed = real, False
+
+    def acquire(self, *args: Any) -> bool:
+        return self.real.acquire(*args)  # type: ignore[no-any-return]
+
+    def release(self) -> None:
+        self.real.release()
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def _is_owned(self) -> bool:
+        return self.real._is_owned()  # type: ignore[no-any-return]
+
+    def _release_save(self) -> Any:
+        return self.real._release_save()
+
+
+@pytest.mark.timeout(30)
+def test_an_exception_just_after_the_reply_was_read_loses_nothing(
+        m: shoal.SyncManager, monkeypatch: Any) -> None:
+    """The reply had been taken off the socket, but not yet returned: what it gave is given
+    back (the item was lost, the lock held for good)."""
+    q, lk = m.Queue(), m.Lock()
+    q.put("item")
+    conn = q._conn
+    armed = _InterruptedRelease(conn._read_lock)
+    monkeypatch.setattr(conn, "_read_lock", armed)
+    for call in (lambda: q.get(timeout=5), lambda: lk.acquire(timeout=5)):
+        armed.armed = True
+        with pytest.raises(KeyboardInterrupt):
+            call()
+    deadline = time.monotonic() + 5          # given back from a thread of its own
+    while (q.qsize() != 1 or lk.locked()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert q.get(timeout=2) == "item" and lk.acquire(timeout=2) is True
+    lk.release()
+    assert not conn._abandoned and not conn._cancels and not conn._replies
+
+
 class SlowToUnpickle:
     def __init__(self, n: int) -> None:
         self.n = n

@@ -285,14 +285,18 @@ class Connection:
         that gives back what it got (a release, the item). ``undo=FINISH`` (a Condition's
         wait): the server ends the wait instead, and the exception goes on once its reply
         came (the lock is held again then, as after threading's)."""
-        sent = [0]
+        # An exception raised by a signal handler can come at any step, the request already
+        # out (``sendall`` runs handlers after sending) or its reply already read: ``sent``
+        # and ``box`` say how far the call got, so that nothing it took is lost.
+        sent, box = [0], [None]
         try:
-            # (In the try: an exception raised by a signal handler just after the request went
-            # out, before its reply is waited for, must not lose what it takes.)
             rid = self._request(oid, name, args, None, sent)
-            body = self._reply_body(rid)
+            body = self._reply_body(rid, box)
         except BaseException:
-            if sent[0]:                     # it may have gone out: cancelled, or undone
+            if box[0] is not None:          # its reply came: given back if it took something
+                if undo is not FINISH:
+                    self._settle_soon(box[0], oid, undo)
+            elif sent[0]:                   # it may have gone out: cancelled, or undone
                 if undo is FINISH:
                     self._finish(sent[0])
                 else:
@@ -304,8 +308,7 @@ class Connection:
             # Interrupted while the reply was decoded: what the call got is given back, as
             # for a reply that came after its caller gave up.
             if undo is not FINISH:
-                threading.Thread(target=self._settle, args=(body, oid, undo), daemon=True,
-                                 name="shoal-undo").start()
+                self._settle_soon(body, oid, undo)
             raise
         if status == P.REPLY_OK:
             return value
@@ -328,8 +331,11 @@ class Connection:
             with self._cond:
                 self._cond.notify_all()
 
-    def _reply_body(self, rid: int) -> bytes:
-        return self._read_until(rid) if self._read_lock.acquire(False) else self._wait(rid)
+    def _reply_body(self, rid: int, box: list[Any] | None = None) -> bytes:
+        """The reply to ``rid``; with ``box``, also put in ``box[0]`` as soon as it is had."""
+        if self._read_lock.acquire(False):
+            return self._read_until(rid, box)
+        return self._wait(rid, box=box)
 
     def _finish(self, rid: int) -> None:
         """End an interrupted wait and wait for its reply, if its request arrived at all."""
@@ -358,14 +364,22 @@ class Connection:
         if body is not None:                 # it ran: its reply came meanwhile
             self._settle(body, oid, undo)
             return
-        crid = self.next_rid()
+        crid, sent = self.next_rid(), [0]
         with self._cond:
             self._cancels[crid] = rid
         try:
-            self._request(0, "cancel", [rid], None, rid=crid)
-        except Exception:
-            with self._cond:
-                self._cancels.pop(crid, None)
+            self._request(0, "cancel", [rid], None, sent, crid)
+        except BaseException as e:
+            if not sent[0]:                  # (no reply will come for it)
+                with self._cond:
+                    self._cancels.pop(crid, None)
+            if not isinstance(e, Exception):
+                raise
+
+    def _settle_soon(self, body: bytes, oid: int, undo: Callable[[Any], Any]) -> None:
+        """``_settle`` in a thread of its own (decoding may need a call, or take a while)."""
+        threading.Thread(target=self._settle, args=(body, oid, undo), daemon=True,
+                         name="shoal-undo").start()
 
     def _settle(self, body: bytes, oid: int, undo: Callable[[Any], Any]) -> None:
         """The reply to a request whose caller gave up: undo what it did, if it ran."""
@@ -390,8 +404,7 @@ class Connection:
                 self._replies[rid] = body
                 self._cond.notify_all()
                 return
-        threading.Thread(target=self._settle, args=(body, *gave_up), daemon=True,
-                         name="shoal-undo").start()
+        self._settle_soon(body, *gave_up)
 
     def call(self, oid: int, name: str, args: Any = (), kwargs: dict[str, Any] | None = None) -> Any:
         """Call ``name`` on object ``oid`` in the server; return its result or raise its error."""
@@ -523,14 +536,17 @@ class Connection:
         finally:
             del exc, value
 
-    def _read_until(self, rid: int) -> bytes:
-        """Holding the reader role: read frames, hand others theirs, until ours comes."""
+    def _read_until(self, rid: int, box: list[Any] | None = None) -> bytes:
+        """Holding the reader role: read frames, hand others theirs, until ours comes (and,
+        with ``box``, put it in ``box[0]`` at once: see ``call_may_wait``)."""
         try:
             self._reading = True
-            body = self._replies.pop(rid, None)
+            body = self._take_reply(rid, box)
             while body is None:
                 got, data = self._read_frame()
                 if got == rid:
+                    if box is not None:
+                        box[0] = data
                     body = data
                 else:
                     self._file(got, data)
@@ -542,13 +558,24 @@ class Connection:
                 with self._cond:
                     self._cond.notify_all()
 
-    def _wait(self, rid: int, deadline: float | None = None) -> bytes:
+    def _take_reply(self, rid: int, box: list[Any] | None) -> bytes | None:
+        """The reply to ``rid`` if it was read already, taken from ``_replies`` (and put in
+        ``box`` before it leaves there: no step between can lose it)."""
+        body = self._replies.get(rid)
+        if body is not None:
+            if box is not None:
+                box[0] = body
+            del self._replies[rid]
+        return body
+
+    def _wait(self, rid: int, deadline: float | None = None,
+              box: list[Any] | None = None) -> bytes:
         """Another thread is reading: wait for it to hand us our reply, or to leave the role
         (until ``deadline``, a ``time.monotonic()`` time, if given: then TimeoutError)."""
         cond = self._cond
         with cond:
             while True:
-                body = self._replies.pop(rid, None)
+                body = self._take_reply(rid, box)
                 if body is not None:
                     return body
                 if self.closed:
@@ -566,7 +593,7 @@ class Connection:
                         raise TimeoutError("no reply from the shoal server in time")
                 finally:
                     self._waiting -= 1
-        return self._read_until(rid)
+        return self._read_until(rid, box)
 
     def _read_frame(self) -> tuple[int, bytes]:
         buf = self._rbuf

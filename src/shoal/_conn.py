@@ -318,7 +318,7 @@ class Conn:
         what it tells of may not be on disk yet)."""
         server = self.server
         if after_journal and server.store is not None and server.store.buffer:
-            server.held.append((self, rid, frame))
+            server.held.append((self, rid, frame, True))
         else:
             self.out.append(frame)
             self.mark_dirty()

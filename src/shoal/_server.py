@@ -157,7 +157,8 @@ class Server:
         self.share: Callable[..., Any] = self._sharing(nested)
         self.ops = ServerOps(self)            # object id 0
         self.root = SDict(self)               # object id 1
-        self.held: list[tuple[Conn, int, bytes]] = []   # replies waiting for a journal commit
+        # replies waiting for a journal commit: (conn, rid, frame, does it tell of a write)
+        self.held: list[tuple[Conn, int, bytes, bool]] = []
         self._group = 0                       # clients in the last commit's group
         self._group_timer: Timer | None = None
         # One codec for every connection (one thread uses it); ``encoding_for`` names the
@@ -406,8 +407,10 @@ class Server:
         frame = HEADER.pack(len(out), rid) + out
         # A cancel's reply must not overtake a held reply of the request it cancels (the
         # client takes it as a sign that no reply of that request is still to come).
-        if len(records) > queued or (self.held and name == "cancel" and type(obj) is ServerOps):
-            self.held.append((conn, rid, frame))
+        if len(records) > queued:
+            self.held.append((conn, rid, frame, True))
+        elif self.held and name == "cancel" and type(obj) is ServerOps:
+            self.held.append((conn, rid, frame, False))     # (goes out even if the commit fails)
         else:
             conn.out.append(frame)
         self.calls += 1
@@ -444,15 +447,19 @@ class Server:
             self._group_timer = None
         # The next group waits for as many clients as this one had, or one fewer than the
         # last (so a client that stopped writing is waited for only a few times).
-        self._group = max(len({id(conn) for conn, _, _ in held}), self._group - 1)
+        self._group = max(len({id(conn) for conn, *_ in held}), self._group - 1)
         try:
             store.commit()
         except StoreError as e:
             log.error("%s", e)
-            for conn, rid, _ in held:
-                conn.reply_error(rid, RemoteError(f"not persisted: {e}"), parked=False)
+            for conn, rid, frame, wrote in held:
+                if wrote:
+                    conn.reply_error(rid, RemoteError(f"not persisted: {e}"), parked=False)
+                elif not conn.closed:
+                    conn.out.append(frame)
+                    conn.mark_dirty()
             return
-        for conn, _, frame in held:
+        for conn, _, frame, _ in held:
             if not conn.closed:
                 conn.out.append(frame)
                 conn.mark_dirty()
