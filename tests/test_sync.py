@@ -1430,6 +1430,19 @@ def test_an_abandoned_get_whose_item_needs_a_call_to_decode_is_given_back() -> N
         t.join(5)
 
 
+def _interrupt_next_write(monkeypatch: Any, conn: Any, after: bool = True) -> None:
+    """The connection's next write raises KeyboardInterrupt once, after sending (as
+    ``sendall`` does when a signal handler raises) or, ``after=False``, before sending."""
+    write = type(conn)._write
+
+    def interrupted(self: Any, data: bytes) -> None:
+        monkeypatch.setattr(type(conn), "_write", write)
+        if after:
+            write(self, data)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(type(conn), "_write", interrupted)
+
+
 @pytest.mark.timeout(30)
 def test_an_exception_as_the_request_goes_out_loses_nothing(m: shoal.SyncManager,
                                                             monkeypatch: Any) -> None:
@@ -1440,14 +1453,8 @@ def test_an_exception_as_the_request_goes_out_loses_nothing(m: shoal.SyncManager
     q.put("first")
     q.put("second")
     conn = q._conn
-    write = type(conn)._write
-
-    def write_then_interrupt(self: Any, data: bytes) -> None:
-        write(self, data)
-        monkeypatch.setattr(type(conn), "_write", write)      # once
-        raise KeyboardInterrupt
     for call in (lambda: q.get(timeout=5), lambda: lk.acquire(timeout=5)):
-        monkeypatch.setattr(type(conn), "_write", write_then_interrupt)
+        _interrupt_next_write(monkeypatch, conn)
         with pytest.raises(KeyboardInterrupt):
             call()
     deadline = time.monotonic() + 5          # given back from a thread of its own
@@ -1465,14 +1472,8 @@ def test_a_condition_wait_interrupted_as_it_goes_out_takes_the_lock_back(
     is left behind in the server to take the lock later (it did, and the release raised)."""
     cond = m.Condition()
     conn = cond._conn
-    write = type(conn)._write
-
-    def write_then_interrupt(self: Any, data: bytes) -> None:
-        write(self, data)
-        monkeypatch.setattr(type(conn), "_write", write)
-        raise KeyboardInterrupt
     with cond:
-        monkeypatch.setattr(type(conn), "_write", write_then_interrupt)
+        _interrupt_next_write(monkeypatch, conn)
         with pytest.raises(KeyboardInterrupt):
             cond.wait(timeout=1)
     time.sleep(1.5)                          # past the wait's timeout
@@ -1487,13 +1488,8 @@ def test_a_wait_interrupted_before_its_request_went_out_leaves_nothing(
     q = m.Queue()
     q.put(1)
     conn = q._conn
-    write = type(conn)._write
-
-    def interrupt(self: Any, data: bytes) -> None:
-        monkeypatch.setattr(type(conn), "_write", write)
-        raise KeyboardInterrupt              # before anything was sent
     for _ in range(50):
-        monkeypatch.setattr(type(conn), "_write", interrupt)
+        _interrupt_next_write(monkeypatch, conn, after=False)     # nothing was sent
         with pytest.raises(KeyboardInterrupt):
             q.get(timeout=1)
     assert q.qsize() == 1                    # the cancels' replies come before this one's
