@@ -256,9 +256,10 @@ class _SentBytes:
     def __init__(self, sock: Any) -> None:
         self.sock, self.sent = sock, bytearray()
 
-    def sendall(self, data: bytes) -> None:
-        self.sent += data
-        self.sock.sendall(data)
+    def send(self, data: bytes) -> int:
+        n = self.sock.send(data)
+        self.sent += data[:n]
+        return n  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sock, name)

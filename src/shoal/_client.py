@@ -45,6 +45,10 @@ FINISH = object()
 _GOODBYE_WAIT = 2.0     # seconds an ending process waits for the server to take its goodbye
 _NONE_BODY = Codec().encode([P.REPLY_OK, None])
 _NONE = (P.REPLY_OK, None)
+# Runs an iterator to its end inside C. ``_consume(map(store, map(read, ...)))`` reads and
+# stores with no step of Python code between: Python runs a signal handler only between such
+# steps, so its exception cannot drop what was read (see ``Connection._fill``).
+_consume: Callable[[Any], None] = collections.deque(maxlen=0).extend
 
 # typeid -> proxy class, filled by the proxies module and by managers' register().
 proxy_types: dict[str, Any] = {}     # typeid -> proxy class (with ``_from_ref``)
@@ -96,6 +100,8 @@ class Connection:
         # requests whose caller gave up waiting -> what undoes them if they ran (call_may_wait)
         self._abandoned: dict[int, tuple[int, Callable[[Any], Any]]] = {}
         self._cancels: dict[int, int] = {}    # a cancel's request id -> the one it cancels
+        # replies of abandoned requests, read and waiting for a thread to settle them
+        self._unsettled: list[tuple[bytes, int, Callable[[Any], Any]]] = []
         self._rbuf = bytearray()
         self._refs: dict[int, list[int]] = {}   # oid -> [live proxies, receipts]
         self._refs_lock = threading.Lock()
@@ -235,10 +241,43 @@ class Connection:
         """Send ``data`` after the queued notes and the releases due. Holds the send lock."""
         if self._notes or self._dead or self._dying:
             data = self._collect_notes() + data
+        self._send_all(data)
+
+    def _send_all(self, data: bytes) -> None:
+        """``sendall``, but a write once begun goes out whole. ``sendall`` raises a signal
+        handler's exception between two partial sends, and the server would then read the
+        next request as the rest of this one. Here what each send took is counted inside C
+        (``_consume``); after such an exception the rest is sent, then the exception goes on.
+        A second one while finishing closes the connection: lost, but never garbled. (Under
+        TLS ``sendall`` as it is: the ssl module's send runs Python code of its own.)"""
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket):
+            try:
+                sock.sendall(data)
+            except OSError as e:
+                self._broken(e)
+            return
+        counts: list[int] = []
         try:
-            self.sock.sendall(data)
+            counts.extend(map(sock.send, (data,)))
+            if counts[0] != len(data):
+                self._send_rest(data, counts)
         except OSError as e:
             self._broken(e)
+        except BaseException:
+            try:
+                self._send_rest(data, counts)
+            except OSError:
+                self._shut()                 # (the interruption goes on; calls: ConnectionLost)
+            except BaseException:
+                self._shut()
+                raise
+            raise
+
+    def _send_rest(self, data: bytes, counts: list[int]) -> None:
+        view, send, total = memoryview(data), self.sock.send, len(data)
+        while (done := sum(counts)) < total:
+            counts.extend(map(send, (view[done:],)))
 
     def send(self, oid: int, name: str, args: list[Any]) -> None:
         """Send a call now whose reply nobody waits for (the server sends none). It runs before
@@ -378,8 +417,22 @@ class Connection:
 
     def _settle_soon(self, body: bytes, oid: int, undo: Callable[[Any], Any]) -> None:
         """``_settle`` in a thread of its own (decoding may need a call, or take a while)."""
-        threading.Thread(target=self._settle, args=(body, oid, undo), daemon=True,
-                         name="shoal-undo").start()
+        self._unsettled.append((body, oid, undo))
+        self._settle_later()
+
+    def _settle_later(self) -> None:
+        """Settle, in a thread of its own, every reply waiting in ``_unsettled`` (the thread
+        runs no signal handler: nothing there is lost to one)."""
+        threading.Thread(target=self._settle_all, daemon=True, name="shoal-undo").start()
+
+    def _settle_all(self) -> None:
+        unsettled = self._unsettled
+        while unsettled:
+            try:
+                body, oid, undo = unsettled.pop()
+            except IndexError:
+                return
+            self._settle(body, oid, undo)
 
     def _settle(self, body: bytes, oid: int, undo: Callable[[Any], Any]) -> None:
         """The reply to a request whose caller gave up: undo what it did, if it ran."""
@@ -391,54 +444,78 @@ class Connection:
         except Exception:
             pass
 
-    def _file(self, rid: int, body: bytes) -> None:
-        """The reader read another thread's reply: hand it over, or settle an abandoned one in
-        a thread of its own (decoding it may need a call, which this reader could not make: an
-        AutoProxy asks for its methods; and the reader may wait long for its own reply)."""
+    def _file(self, rid: int, end: int) -> None:
+        """The reader read another thread's reply, the buffer's first frame (up to ``end``):
+        hand it over, or settle an abandoned one in a thread of its own (decoding it may need
+        a call, which this reader could not make: an AutoProxy asks for its methods; and the
+        reader may wait long for its own reply). The frame leaves the buffer with no call
+        between that and its store (see ``_next_frame``)."""
+        buf = self._rbuf
         with self._cond:
+            body = bytes(buf[8:end])
             if self._cancels and rid in self._cancels:   # a cancel's: the request it gave
-                self._abandoned.pop(self._cancels.pop(rid), None)   # up is settled by now
+                gave_up = self._cancels[rid]             # up is settled by now
+                del buf[:end]
+                del self._cancels[rid]
+                self._abandoned.pop(gave_up, None)
                 return
-            gave_up = self._abandoned.pop(rid, None) if self._abandoned else None
-            if gave_up is None:
+            if not self._abandoned or rid not in self._abandoned:
+                del buf[:end]
                 self._replies[rid] = body
                 self._cond.notify_all()
                 return
-        self._settle_soon(body, *gave_up)
+            oid, undo = self._abandoned[rid]
+            del buf[:end]
+            del self._abandoned[rid]
+            self._unsettled.append((body, oid, undo))
+        self._settle_later()
 
     def call(self, oid: int, name: str, args: Any = (), kwargs: dict[str, Any] | None = None) -> Any:
-        """Call ``name`` on object ``oid`` in the server; return its result or raise its error."""
-        rid = self._request(oid, name, args, kwargs)
-        if self._read_lock.acquire(False):
-            # Fast path: nobody else is reading, and the usual next chunk is exactly our reply.
-            if not self._rbuf and not self._replies:
-                self._reading = True
-                try:
-                    chunk = self.sock.recv(65536)
-                except BaseException as e:
-                    self._read_lock.release()
-                    if isinstance(e, OSError):
-                        self._broken(e)          # a reset: ConnectionLost, as on other paths
-                    raise
-                finally:
-                    self._reading = False
-                if len(chunk) >= 8:
-                    length, got = HEADER.unpack_from(chunk)
-                    if got == rid and len(chunk) == 8 + length:
+        """Call ``name`` on object ``oid`` in the server; return its result or raise its error.
+        Interrupted by an exception (a signal handler's) once its request may have gone out,
+        the call is given up as ``call_may_wait`` gives up one: cancelled if it waits in the
+        server, its reply dropped when it comes."""
+        sent: list[int] = [0]
+        box: list[Any] = [None]
+        try:
+            rid = self._request(oid, name, args, kwargs, sent)
+            if self._read_lock.acquire(False):
+                buf = self._rbuf
+                # Fast path: nobody else is reading, and the usual next chunk is exactly our
+                # reply.
+                if not buf and not self._replies:
+                    self._reading = True
+                    try:
+                        self._fill(65536)
+                    except BaseException:
+                        self._reading = False
                         self._read_lock.release()
-                        if self._waiting:
-                            with self._cond:
-                                self._cond.notify_all()
-                        status, value = self._codec.decode(chunk[8:])
-                        if status == 0:
-                            return value
-                        return self._decode_reply(chunk[8:])
-                if not chunk:
-                    self._read_lock.release()
-                    self._broken(None)
-                self._rbuf += chunk
-            return self._decode_reply(self._read_until(rid))
-        return self._decode_reply(self._wait(rid))
+                        raise
+                    self._reading = False
+                    if len(buf) >= 8:
+                        length, got = HEADER.unpack_from(buf)
+                        if got == rid and len(buf) == 8 + length:
+                            body = bytes(buf[8:])
+                            del buf[:]                  # (no call between: see _read_until)
+                            box[0] = body
+                            self._read_lock.release()
+                            if self._waiting:
+                                with self._cond:
+                                    self._cond.notify_all()
+                if box[0] is None:
+                    body = self._read_until(rid, box)
+            else:
+                body = self._wait(rid, box=box)
+        except BaseException:
+            if box[0] is not None:
+                self._settle_soon(box[0], oid, _drop)
+            elif sent[0]:
+                self._abandon(sent[0], oid, _drop)
+            raise
+        status, value = self._codec.decode(body)
+        if status == 0:
+            return value
+        return self._decode_reply(body)
 
     def new_codec(self, keep: Callable[[Any], None] | None = None) -> Codec:
         """A codec of this connection's kind, for a caller that encodes on its own (pipelines).
@@ -484,12 +561,14 @@ class Connection:
                     continue                 # the bulk path took what had arrived
                 rid = rids[len(out)]
                 body = replies.pop(rid, None) if replies else None
+                buf = self._rbuf
                 while body is None:
-                    got, data = self._read_frame()
+                    got, end = self._next_frame()
                     if got == rid:
-                        body = data
+                        body = bytes(buf[8:end])
+                        del buf[:end]
                     else:
-                        self._file(got, data)
+                        self._file(got, end)
                 out.append(_NONE if body == _NONE_BODY else body)
         finally:
             self._reading = False
@@ -505,13 +584,7 @@ class Connection:
         False when none did."""
         buf = self._rbuf
         if len(buf) < 8 + len(_NONE_BODY):
-            try:
-                chunk = self.sock.recv(262144)
-            except OSError as e:
-                self._broken(e)
-            if not chunk:
-                self._broken(None)
-            buf += chunk
+            self._fill(262144)
         unpack, none, none_len = HEADER.unpack_from, _NONE_BODY, len(_NONE_BODY)
         have, pos, i, n = len(buf), 0, len(out), len(rids)
         while i < n and have - pos >= 8:
@@ -542,14 +615,19 @@ class Connection:
         try:
             self._reading = True
             body = self._take_reply(rid, box)
+            buf = self._rbuf
             while body is None:
-                got, data = self._read_frame()
+                got, end = self._next_frame()
                 if got == rid:
+                    data = bytes(buf[8:end])
+                    # No call from here to the store: a signal handler's exception cannot
+                    # come between taking the frame out of the buffer and putting it in box.
+                    del buf[:end]
                     if box is not None:
                         box[0] = data
                     body = data
                 else:
-                    self._file(got, data)
+                    self._file(got, end)
             return body
         finally:
             self._reading = False
@@ -595,7 +673,10 @@ class Connection:
                     self._waiting -= 1
         return self._read_until(rid, box)
 
-    def _read_frame(self) -> tuple[int, bytes]:
+    def _next_frame(self) -> tuple[int, int]:
+        """Read until the read buffer starts with a whole frame: its request id and where it
+        ends. It stays in the buffer; whoever takes it deletes it there in the same run of
+        steps as they store it, with no call between (nothing can then drop it)."""
         buf = self._rbuf
         while True:
             have = len(buf)
@@ -604,26 +685,31 @@ class Connection:
                 if length > P.MAX_FRAME:
                     self._broken(ProtocolError(f"the server sent a frame of {length} bytes"))
                 if have >= 8 + length:
-                    body = bytes(buf[8:8 + length])
-                    del buf[:8 + length]
-                    return rid, body
+                    return rid, 8 + length
                 want = max(8 + length - have, 65536)
             else:
                 want = 65536
-            try:
-                chunk = self.sock.recv(want)
-            except OSError as e:
-                self._broken(e)
-            if not chunk:
-                self._broken(None)
-            if not buf and len(chunk) >= 8:
-                # The common case: the chunk is exactly one frame; skip a copy.
-                length, rid = HEADER.unpack_from(chunk)
-                if len(chunk) == 8 + length and length <= P.MAX_FRAME:
-                    return rid, chunk[8:]
-            buf += chunk
+            self._fill(want)
 
-    def _broken(self, cause: BaseException | None) -> Any:
+    def _fill(self, want: int) -> None:
+        """Read what has come, up to ``want`` bytes, onto the read buffer (at least one byte,
+        or the connection is lost). The bytes go from the socket into the buffer inside C.
+        Python runs a signal handler's exception between two steps of Python code, so with
+        ``chunk = sock.recv(n)`` it could come after the read and before the store, and the
+        chunk (a reply: a Queue's item, a lock's grant, another thread's) would be gone.
+        (Under TLS the ssl module reads with Python code of its own, and that can still
+        happen there.)"""
+        buf = self._rbuf
+        have = len(buf)
+        try:
+            _consume(map(buf.__iadd__, map(self.sock.recv, (want,))))
+        except OSError as e:
+            self._broken(e)
+        if len(buf) == have:
+            self._broken(None)
+
+    def _shut(self) -> None:
+        """Close, and wake every thread waiting for a reply (it will not come)."""
         self.closed = True
         try:
             self.sock.close()
@@ -631,6 +717,9 @@ class Connection:
             pass
         with self._cond:
             self._cond.notify_all()
+
+    def _broken(self, cause: BaseException | None) -> Any:
+        self._shut()
         try:
             raise ConnectionLost(
                 f"lost the connection to the shoal server at {self.address!r}"
@@ -671,6 +760,12 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+def _drop(value: Any) -> None:
+    """The undo of a plain call given up: nothing (its reply is decoded, to let go of the
+    objects it refers to, and dropped)."""
+    return None
 
 
 def _rebuild_error(name: str, args: list[Any], message: str) -> BaseException:
