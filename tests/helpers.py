@@ -153,3 +153,18 @@ def end_process(proc: Any, timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+class SentBytes:
+    """Wraps a client connection's socket to keep what it sends."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.sent = sock, bytearray()
+
+    def send(self, data: bytes) -> int:
+        n = self.sock.send(data)
+        self.sent += data[:n]
+        return n  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)

@@ -14,6 +14,8 @@ import pytest
 
 import shoal
 
+from .helpers import SentBytes
+
 
 def test_dict_protocol(manager: shoal.SyncManager) -> None:
     d = manager.dict({"a": 1}, b=2)
@@ -250,26 +252,11 @@ def _objects_seen_by_another_process(m: shoal.SyncManager) -> int:
         p.join(10)
 
 
-class _SentBytes:
-    """Wraps a connection's socket to keep what it sends."""
-
-    def __init__(self, sock: Any) -> None:
-        self.sock, self.sent = sock, bytearray()
-
-    def send(self, data: bytes) -> int:
-        n = self.sock.send(data)
-        self.sent += data[:n]
-        return n  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
-
-
 def test_reading_the_same_nested_object_again_and_again_sends_no_release() -> None:
     with shoal.Manager() as m:
         d = m.dict({"row": {}})
         conn = d._conn
-        conn.sock = spy = _SentBytes(conn.sock)
+        conn.sock = spy = SentBytes(conn.sock)
         try:
             for i in range(50):
                 d["row"].incr(i, i)

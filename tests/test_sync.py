@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import random
+import pickle
 import queue
+import random
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ import pytest
 import shoal
 from shoal._loop import Loop
 
-from .helpers import (cas_many, get_forever, hold_locked, in_thread, incr_many,
+from .helpers import (SentBytes, cas_many, get_forever, hold_locked, in_thread, incr_many,
                       interrupted_after, join_all, kill, locked_many, put_then_write,
                       set_event_later, start, timed)
 
@@ -1496,6 +1497,32 @@ def test_a_wait_interrupted_before_its_request_went_out_leaves_nothing(
             q.get(timeout=1)
     assert q.qsize() == 1                    # the cancels' replies come before this one's
     assert not conn._abandoned and not conn._cancels and not conn._replies
+
+
+@pytest.mark.timeout(30)
+def test_notes_stay_queued_when_the_write_that_carries_them_never_starts(
+        m: shoal.SyncManager, monkeypatch: Any) -> None:
+    """A proxy unpickled here queues a note that this process holds the object: lost with a
+    write interrupted before it began, the server would not count the proxy, and could free
+    the object under it."""
+    d = m.dict({"a": 1})
+    conn = d._conn
+    twin = pickle.loads(pickle.dumps(d))      # queues a "hold" note
+    send_all = type(conn)._send_all
+
+    def interrupted(self: Any, data: bytes, notes: int = 0) -> None:
+        monkeypatch.setattr(type(conn), "_send_all", send_all)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(type(conn), "_send_all", interrupted)
+    conn.sock = spy = SentBytes(conn.sock)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            d["b"] = 2                        # (the cancel of which goes out next)
+        assert twin["a"] == 1
+    finally:
+        conn.sock = spy.sock
+    assert spy.sent.count(b"hold") == 1 and not conn._notes
+    _settle(conn)
 
 
 class _InterruptedRelease:

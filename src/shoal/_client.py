@@ -139,7 +139,8 @@ class Connection:
             try:
                 rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
                 self.sock.settimeout(_GOODBYE_WAIT)
-                self.sock.sendall(self._collect_notes() + self._frame(rid, [0, "goodbye", []]))
+                notes, _ = self._collect_notes()
+                self.sock.sendall(notes + self._frame(rid, [0, "goodbye", []]))
             finally:
                 self._send_lock.release()
             self._wait(rid, deadline)
@@ -195,13 +196,14 @@ class Connection:
         usual wait of one call (for counting the server's objects)."""
         self._release_all = True
 
-    def _collect_notes(self) -> bytes:
-        """Queued notifications, with the releases that are due. Holds the send lock."""
+    def _collect_notes(self) -> tuple[bytes, int]:
+        """Queued notifications, with the releases that are due, and how many: they stay
+        queued until they are sent (``_send_all`` takes them off). Holds the send lock."""
         # Held a moment by another thread (or below us): next time. (Not acquire(False), then
         # try: an exception raised between the two, a signal handler's, left it held for good.)
         lock = self._refs_lock
         if lock.locked():
-            return b""
+            return b"", 0
         with lock:
             dead, refs, notes = self._dead, self._refs, self._notes
             due, dying = self._dying, {}
@@ -226,10 +228,8 @@ class Connection:
                     if receipts:
                         notes.append([0, "release", [oid, receipts]])
             if not notes:
-                return b""
-            data = b"".join([self._frame(_NOTE_RID, msg) for msg in notes])
-            notes.clear()
-            return data
+                return b"", 0
+            return b"".join([self._frame(_NOTE_RID, msg) for msg in notes]), len(notes)
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -239,23 +239,28 @@ class Connection:
 
     def _write(self, data: bytes) -> None:
         """Send ``data`` after the queued notes and the releases due. Holds the send lock."""
+        notes = 0
         if self._notes or self._dead or self._dying:
-            data = self._collect_notes() + data
-        self._send_all(data)
+            collected, notes = self._collect_notes()
+            data = collected + data
+        self._send_all(data, notes)
 
-    def _send_all(self, data: bytes) -> None:
+    def _send_all(self, data: bytes, notes: int = 0) -> None:
         """``sendall``, but a write once begun goes out whole. ``sendall`` raises a signal
         handler's exception between two partial sends, and the server would then read the
         next request as the rest of this one. Here what each send took is counted inside C
         (``_consume``); after such an exception the rest is sent, then the exception goes on.
         A second one while finishing closes the connection: lost, but never garbled. (Under
-        TLS ``sendall`` as it is: the ssl module's send runs Python code of its own.)"""
+        TLS ``sendall`` as it is: the ssl module's send runs Python code of its own.) The first
+        ``notes`` queued notes are in ``data``: they leave the queue once it has gone out, so
+        an exception before any of it went out leaves them for the next write."""
         sock = self.sock
         if isinstance(sock, ssl.SSLSocket):
             try:
                 sock.sendall(data)
             except OSError as e:
                 self._broken(e)
+            del self._notes[:notes]
             return
         counts: list[int] = []
         try:
@@ -265,6 +270,7 @@ class Connection:
         except OSError as e:
             self._broken(e)
         except BaseException:
+            del self._notes[:notes]          # (no call since the exception: it goes out below)
             try:
                 self._send_rest(data, counts)
             except OSError:
@@ -273,6 +279,7 @@ class Connection:
                 self._shut()
                 raise
             raise
+        del self._notes[:notes]
 
     def _send_rest(self, data: bytes, counts: list[int]) -> None:
         view, send, total = memoryview(data), self.sock.send, len(data)
