@@ -1499,6 +1499,132 @@ def test_a_wait_interrupted_before_its_request_went_out_leaves_nothing(
     assert not conn._abandoned and not conn._cancels and not conn._replies
 
 
+@contextlib.contextmanager
+def _pending_signals(k: int) -> Iterator[tuple[Callable[[], None], list[bool]]]:
+    """K signals whose handlers raise _Signalled in the main thread while ``armed[0]``; gives
+    ``(trip, armed)``. ``trip()`` (called from another thread) makes all K pending at once.
+    The main thread's blocking call is then not cut short: it returns, and Python raises one
+    at each of the next K points where it runs handlers: K exceptions in a row at consecutive
+    steps of its clean-up. (Set ``armed[0] = False`` first thing where one is caught: no step
+    there runs handlers, and the rest are then ignored.)"""
+    armed = [True]
+
+    def handler(signum: int, frame: Any) -> None:
+        if armed[0]:
+            raise _Signalled
+    signums = [signal.SIGRTMIN + i for i in range(k)]
+    old = [signal.signal(n, handler) for n in signums]
+
+    def trip() -> None:
+        me = threading.get_ident()            # (sent to this thread: delivered to none)
+        for n in signums:
+            signal.pthread_kill(me, n)
+    try:
+        yield trip, armed
+    finally:
+        armed[0] = False
+        for n, h in zip(signums, old):
+            signal.signal(n, h)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_exceptions_in_a_row_lose_no_item_and_keep_no_lock(m: shoal.SyncManager,
+                                                          k: int) -> None:
+    """Up to three exceptions one after the other, from the read of the reply on: the item
+    goes back and the lock is free again (three lost the item, and kept the lock, when the
+    third came as the interrupted call began to give itself up)."""
+    q, lk = m.Queue(), m.Lock()
+    conn = q._conn
+    go = threading.Event()
+
+    def holder() -> None:
+        lk.acquire()
+        go.wait(10)
+        lk.release()
+    t = threading.Thread(target=holder)
+    t.start()
+    while not lk.locked():
+        time.sleep(0.01)
+    for call, answer in ((lambda: q.get(timeout=5), lambda: q.put("item")),
+                         (lambda: lk.acquire(timeout=5), go.set)):
+        with _pending_signals(k) as (trip, armed):
+            def fire() -> None:
+                time.sleep(0.3)               # the main thread waits in the server meanwhile
+                trip()
+                answer()
+            firing = threading.Thread(target=fire)
+            firing.start()
+            try:
+                call()
+            except _Signalled:
+                armed[0] = False
+            else:
+                pytest.fail("no exception came out of the call")
+            firing.join(5)
+    t.join(5)
+    _settle(conn)
+    assert q.get(timeout=2) == "item"
+    assert lk.acquire(timeout=2) is True
+    lk.release()
+    assert _settled(conn) and not conn._mutex.locked()
+
+
+@pytest.mark.timeout(60)
+def test_exceptions_as_a_big_write_ends_leave_the_connection_as_it_was() -> None:
+    """Two exceptions after an update had gone out whole: the second, in the clean-up of the
+    first, closed the connection, and the server freed what only it held."""
+    with shoal.Manager() as m:
+        d = m.dict({"keep": "me"})
+        server = m._process.pid
+        big = {i: "x" * 100 for i in range(100_000)}        # about 11 MB: a full socket
+        with _pending_signals(2) as (trip, _):
+            def fire() -> None:
+                time.sleep(0.5)               # the main thread blocks in its send meanwhile
+                trip()
+                os.kill(server, signal.SIGCONT)
+            os.kill(server, signal.SIGSTOP)
+            firing = threading.Thread(target=fire)
+            try:
+                firing.start()
+                with pytest.raises(_Signalled):
+                    d.update(big)
+            finally:
+                firing.join(5)
+                os.kill(server, signal.SIGCONT)
+        assert not d._conn.closed
+        assert d["keep"] == "me" and len(d) == 100_001
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_waiting_for_the_reader_is_not_left_waiting(m: shoal.SyncManager) -> None:
+    """The main thread reads for all; two exceptions in a row, the second as it had left the
+    reader role but not yet woken the thread waiting for it: that thread waited for ever,
+    its reply on the socket."""
+    q, q2 = m.Queue(), m.Queue()
+    got: list[Any] = []
+    worker = threading.Thread(target=lambda: got.append(q2.get(timeout=10)), daemon=True)
+    with _pending_signals(2) as (trip, armed):
+        def fire() -> None:
+            time.sleep(0.3)
+            worker.start()                    # its get waits for the reader (the main thread)
+            time.sleep(0.3)
+            trip()
+            q.put("item")                     # the main thread's get returns
+            time.sleep(0.5)
+            q2.put("for the worker")          # nobody reads any more: the worker must
+        firing = threading.Thread(target=fire)
+        firing.start()
+        try:
+            q.get(timeout=5)
+        except _Signalled:
+            armed[0] = False
+        firing.join(5)
+    worker.join(5)
+    assert got == ["for the worker"]
+    _settle(q._conn)
+
+
 @pytest.mark.timeout(30)
 def test_notes_stay_queued_when_the_write_that_carries_them_never_starts(
         m: shoal.SyncManager, monkeypatch: Any) -> None:

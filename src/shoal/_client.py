@@ -43,6 +43,7 @@ _NOTE_RID = 0
 #: waited for, before the exception goes on (Condition.wait, which takes its lock back).
 FINISH = object()
 _GOODBYE_WAIT = 2.0     # seconds an ending process waits for the server to take its goodbye
+_LOOK_AGAIN = 0.1       # seconds a thread waiting for the reader role waits without looking
 _NONE_BODY = Codec().encode([P.REPLY_OK, None])
 _NONE = (P.REPLY_OK, None)
 # Runs an iterator to its end inside C. ``_consume(map(store, map(read, ...)))`` reads and
@@ -90,7 +91,11 @@ class Connection:
                             tuples_as_lists=builtin_only)
         self.ids = itertools.count(1)
         self._send_lock = threading.Lock()
-        self._cond = threading.Condition(threading.Lock())
+        # Entered as ``with self._mutex:`` (a C lock, taken in one step), never ``with
+        # self._cond:``: Condition's __enter__ is Python code, and a signal handler's exception
+        # raised in it, after the lock was taken, left the lock held for good.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         # Held by the thread reading replies. Re-entrant only to know its owner: a call
         # that finds its own thread holding it gives it back (_check_role).
         self._read_lock = threading.RLock()
@@ -102,6 +107,8 @@ class Connection:
         self._cancels: dict[int, int] = {}    # a cancel's request id -> the one it cancels
         # replies of abandoned requests, read and waiting for a thread to settle them
         self._unsettled: list[tuple[bytes, int, Callable[[Any], Any]]] = []
+        # a write an exception cut short: (its bytes, what went out), finished before the next
+        self._unsent: tuple[bytes, list[int]] | None = None
         self._rbuf = bytearray()
         self._refs: dict[int, list[int]] = {}   # oid -> [live proxies, receipts]
         self._refs_lock = threading.Lock()
@@ -239,6 +246,8 @@ class Connection:
 
     def _write(self, data: bytes) -> None:
         """Send ``data`` after the queued notes and the releases due. Holds the send lock."""
+        if self._unsent is not None:
+            self._finish_unsent()
         notes = 0
         if self._notes or self._dead or self._dying:
             collected, notes = self._collect_notes()
@@ -249,11 +258,12 @@ class Connection:
         """``sendall``, but a write once begun goes out whole. ``sendall`` raises a signal
         handler's exception between two partial sends, and the server would then read the
         next request as the rest of this one. Here what each send took is counted inside C
-        (``_consume``); after such an exception the rest is sent, then the exception goes on.
-        A second one while finishing closes the connection: lost, but never garbled. (Under
-        TLS ``sendall`` as it is: the ssl module's send runs Python code of its own.) The first
-        ``notes`` queued notes are in ``data``: they leave the queue once it has gone out, so
-        an exception before any of it went out leaves them for the next write."""
+        (``_consume``). After such an exception the rest is kept in ``_unsent`` at once, with
+        no call between, and sent before the exception goes on; should another exception
+        stop that, the next write sends it first. (Under TLS ``sendall`` as it is: the ssl
+        module's send runs Python code of its own.) The first ``notes`` queued notes are in
+        ``data``: they leave the queue once it has gone out, so an exception before any of it
+        went out leaves them for the next write."""
         sock = self.sock
         if isinstance(sock, ssl.SSLSocket):
             try:
@@ -270,14 +280,9 @@ class Connection:
         except OSError as e:
             self._broken(e)
         except BaseException:
-            del self._notes[:notes]          # (no call since the exception: it goes out below)
-            try:
-                self._send_rest(data, counts)
-            except OSError:
-                self._shut()                 # (the interruption goes on; calls: ConnectionLost)
-            except BaseException:
-                self._shut()
-                raise
+            del self._notes[:notes]          # (no call since the exception: they go out)
+            self._unsent = (data, counts)
+            self._finish_unsent()
             raise
         del self._notes[:notes]
 
@@ -285,6 +290,15 @@ class Connection:
         view, send, total = memoryview(data), self.sock.send, len(data)
         while (done := sum(counts)) < total:
             counts.extend(map(send, (view[done:],)))
+
+    def _finish_unsent(self) -> None:
+        assert self._unsent is not None
+        data, counts = self._unsent
+        try:
+            self._send_rest(data, counts)
+        except OSError as e:
+            self._broken(e)
+        self._unsent = None
 
     def send(self, oid: int, name: str, args: list[Any]) -> None:
         """Send a call now whose reply nobody waits for (the server sends none). It runs before
@@ -309,6 +323,8 @@ class Connection:
             self._check_role()
         if self.closed:
             raise ConnectionLost(f"the connection to the shoal server at {self.address!r} is closed")
+        if self._unsettled:                   # (left by an exception that stopped their thread)
+            self._settle_later()
         if not rid:
             rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
         msg = [oid, name, args if type(args) is list else list(args)]
@@ -339,13 +355,17 @@ class Connection:
             rid = self._request(oid, name, args, None, sent)
             body = self._reply_body(rid, box)
         except BaseException:
+            # The first step of each case stores what must not be lost with no call before it
+            # (a call can raise a further exception as it begins).
             if box[0] is not None:          # its reply came: given back if it took something
                 if undo is not FINISH:
-                    self._settle_soon(box[0], oid, undo)
+                    self._unsettled.append((box[0], oid, undo))
+                    self._settle_later()
             elif sent[0]:                   # it may have gone out: cancelled, or undone
                 if undo is FINISH:
                     self._finish(sent[0])
                 else:
+                    self._abandoned[sent[0]] = (oid, undo)
                     self._abandon(sent[0], oid, undo)
             raise
         try:
@@ -374,7 +394,7 @@ class Connection:
                                "be answered before that one: make it after")
         self._read_lock._release_save()       # type: ignore[attr-defined]  # every level
         if self._waiting:
-            with self._cond:
+            with self._mutex:
                 self._cond.notify_all()
 
     def _reply_body(self, rid: int, box: list[Any] | None = None) -> bytes:
@@ -389,7 +409,7 @@ class Connection:
             return
         try:
             waits = self.call(0, "cancel", [rid])
-            with self._cond:                 # a reply that came before the cancel's is here
+            with self._mutex:                 # a reply that came before the cancel's is here
                 body = self._replies.pop(rid, None)
             if body is None and waits:
                 self._reply_body(rid)
@@ -403,21 +423,23 @@ class Connection:
         arrived."""
         if self.closed:
             return                           # the server drops what a gone client waited for
-        with self._cond:
+        with self._mutex:
             body = self._replies.pop(rid, None)
             if body is None:
                 self._abandoned[rid] = (oid, undo)
+            else:                            # (its caller may have put it there already)
+                self._abandoned.pop(rid, None)
         if body is not None:                 # it ran: its reply came meanwhile
             self._settle(body, oid, undo)
             return
         crid, sent = self.next_rid(), [0]
-        with self._cond:
+        with self._mutex:
             self._cancels[crid] = rid
         try:
             self._request(0, "cancel", [rid], None, sent, crid)
         except BaseException as e:
             if not sent[0]:                  # (no reply will come for it)
-                with self._cond:
+                with self._mutex:
                     self._cancels.pop(crid, None)
             if not isinstance(e, Exception):
                 raise
@@ -458,7 +480,7 @@ class Connection:
         reader may wait long for its own reply). The frame leaves the buffer with no call
         between that and its store (see ``_next_frame``)."""
         buf = self._rbuf
-        with self._cond:
+        with self._mutex:
             body = bytes(buf[8:end])
             if self._cancels and rid in self._cancels:   # a cancel's: the request it gave
                 gave_up = self._cancels[rid]             # up is settled by now
@@ -497,6 +519,9 @@ class Connection:
                     except BaseException:
                         self._reading = False
                         self._read_lock.release()
+                        if self._waiting:        # one of them takes the role
+                            with self._mutex:
+                                self._cond.notify_all()
                         raise
                     self._reading = False
                     if len(buf) >= 8:
@@ -507,16 +532,18 @@ class Connection:
                             box[0] = body
                             self._read_lock.release()
                             if self._waiting:
-                                with self._cond:
+                                with self._mutex:
                                     self._cond.notify_all()
                 if box[0] is None:
                     body = self._read_until(rid, box)
             else:
                 body = self._wait(rid, box=box)
-        except BaseException:
+        except BaseException:                 # (as in call_may_wait)
             if box[0] is not None:
-                self._settle_soon(box[0], oid, _drop)
+                self._unsettled.append((box[0], oid, _drop))
+                self._settle_later()
             elif sent[0]:
+                self._abandoned[sent[0]] = (oid, _drop)
                 self._abandon(sent[0], oid, _drop)
             raise
         status, value = self._codec.decode(body)
@@ -581,7 +608,7 @@ class Connection:
             self._reading = False
             self._read_lock.release()
             if self._waiting:
-                with self._cond:
+                with self._mutex:
                     self._cond.notify_all()
         return [r if r is _NONE else decode(r) for r in out]
 
@@ -640,7 +667,7 @@ class Connection:
             self._reading = False
             self._read_lock.release()
             if self._waiting:      # someone may need to take the reader role now
-                with self._cond:
+                with self._mutex:
                     self._cond.notify_all()
 
     def _take_reply(self, rid: int, box: list[Any] | None) -> bytes | None:
@@ -658,7 +685,7 @@ class Connection:
         """Another thread is reading: wait for it to hand us our reply, or to leave the role
         (until ``deadline``, a ``time.monotonic()`` time, if given: then TimeoutError)."""
         cond = self._cond
-        with cond:
+        with self._mutex:
             while True:
                 body = self._take_reply(rid, box)
                 if body is not None:
@@ -672,9 +699,13 @@ class Connection:
                     self._waiting -= 1
                     break
                 try:
+                    # Woken when the reader leaves the role or hands over a reply; and looks
+                    # again now and then all the same (an exception in the reader can come
+                    # between its leaving and its waking us).
                     if deadline is None:
-                        cond.wait()
-                    elif not cond.wait(deadline - time.monotonic()):
+                        cond.wait(_LOOK_AGAIN)
+                    elif not cond.wait(min(deadline - time.monotonic(), _LOOK_AGAIN)) \
+                            and time.monotonic() >= deadline:
                         raise TimeoutError("no reply from the shoal server in time")
                 finally:
                     self._waiting -= 1
@@ -722,7 +753,7 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
-        with self._cond:
+        with self._mutex:
             self._cond.notify_all()
 
     def _broken(self, cause: BaseException | None) -> Any:
