@@ -1625,6 +1625,47 @@ def test_a_thread_waiting_for_the_reader_is_not_left_waiting(m: shoal.SyncManage
     _settle(q._conn)
 
 
+@pytest.mark.timeout(60)
+def test_a_pipeline_interrupted_as_it_collects_loses_no_reply() -> None:
+    """The replies a collect had taken when the exception came stay the pipeline's: the block's
+    exit goes on from there (it asked for them again, and waited for ever)."""
+    with shoal.Manager() as m:
+        d, ev = m.dict({"a": 1}), m.Event()
+        threading.Timer(1.0, ev.set).start()
+        # (should the exit wait for ever, the server's end makes it fail instead)
+        watchdog = threading.Timer(20, os.kill, (m._process.pid, signal.SIGKILL))
+        watchdog.start()
+        try:
+            with interrupted_after(0.5):
+                with shoal.pipeline(d, ev) as (pd, pe):
+                    first = pd["a"]
+                    waited = pe.wait(5)       # answered after 1 s
+                    last = pd["a"]
+                    last.value                # collects: interrupted at 0.5 s
+        finally:
+            watchdog.cancel()
+        assert (first.value, waited.value, last.value) == (1, True, 1)
+        _settle(d._conn)
+
+
+@pytest.mark.timeout(60)
+def test_a_pipeline_whose_end_is_interrupted_leaves_nothing_behind(
+        m: shoal.SyncManager) -> None:
+    """Its replies not yet collected are dropped as they come (they were kept for ever), and
+    its results, asked for after, say why they are not there."""
+    d, ev = m.dict({i: i for i in range(100)}), m.Event()
+    threading.Timer(1.0, ev.set).start()
+    with interrupted_after(0.5):
+        with shoal.pipeline(d, ev) as (pd, pe):
+            pe.wait(5)
+            gets = [pd.get(i) for i in range(100)]
+    time.sleep(0.7)
+    _settle(d._conn)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        gets[-1].value
+    assert d[99] == 99
+
+
 @pytest.mark.timeout(30)
 def test_notes_stay_queued_when_the_write_that_carries_them_never_starts(
         m: shoal.SyncManager, monkeypatch: Any) -> None:

@@ -576,65 +576,98 @@ class Connection:
         with self._send_lock:
             self._write(data)
 
-    def results(self, rids: list[int]) -> list[tuple[int, Any]]:
-        """The replies to ``rids`` (sent with ``send_frames``): (status, value) each, in order;
-        status 0 is a value, anything else an error to raise with ``raise_reply``."""
-        decode = self._codec.decode
+    def results(self, rids: list[int], out: list[Any], start: int, upto: int) -> None:
+        """Take the replies to ``rids[start:upto]`` (sent with ``send_frames``) into ``out``,
+        a list as long as ``rids``: ``out[i]`` gets the reply to ``rids[i]`` as it came
+        (``result`` makes it (status, value)). Slots already filled (not None) were taken
+        before: it goes on from the first empty one. Each reply is stored there in the same steps as it
+        leaves the connection, so an exception (a signal handler's) that interrupts this
+        leaves in ``out`` all that was taken, and a later call goes on from there."""
         if self._read_lock._is_owned():       # type: ignore[attr-defined]
             self._check_role()
+        n = upto
+        i = start
+        while i < n and out[i] is not None:
+            i += 1
+        if i == n:
+            return
         if not self._read_lock.acquire(False):
-            return [decode(self._wait(rid)) for rid in rids]
-        # The bodies are decoded after the reader role is left: decoding a reference can make
-        # a call of its own (an AutoProxy asks for its methods), which needs the role.
-        out: list[Any] = []
+            while i < n:
+                self._wait(rids[i], box=out, at=i)
+                i += 1
+            return
+        # (Decoding, by ``result``, is left to the caller once the reader role is left: a
+        # reference can make a call of its own, an AutoProxy asks for its methods.)
         replies = self._replies
         try:
             self._reading = True
-            while len(out) < len(rids):
-                if not replies and self._take_frames(rids, out):
+            while i < n:
+                if not replies and self._take_frames(rids, out, i, n):
+                    while i < n and out[i] is not None:
+                        i += 1
                     continue                 # the bulk path took what had arrived
-                rid = rids[len(out)]
-                body = replies.pop(rid, None) if replies else None
-                buf = self._rbuf
-                while body is None:
-                    got, end = self._next_frame()
-                    if got == rid:
-                        body = bytes(buf[8:end])
-                        del buf[:end]
-                    else:
+                rid = rids[i]
+                if self._take_reply(rid, out, i) is None:
+                    buf = self._rbuf
+                    while True:
+                        got, end = self._next_frame()
+                        if got == rid:
+                            body = bytes(buf[8:end])
+                            out[i] = body    # (no call between these two)
+                            del buf[:end]
+                            break
                         self._file(got, end)
-                out.append(_NONE if body == _NONE_BODY else body)
+                i += 1
         finally:
             self._reading = False
             self._read_lock.release()
             if self._waiting:
                 with self._mutex:
                     self._cond.notify_all()
-        return [r if r is _NONE else decode(r) for r in out]
 
-    def _take_frames(self, rids: list[int], out: list[Any]) -> bool:
+    def drop_reply(self, rid: int) -> None:
+        """Nobody will collect the reply to ``rid`` (a pipeline's interrupted end): drop it
+        when it comes (decoded first, to let go of what it refers to)."""
+        with self._mutex:
+            body = self._replies.get(rid)
+            if body is None:
+                self._abandoned[rid] = (0, _drop)
+            else:
+                self._unsettled.append((body, 0, _drop))
+                del self._replies[rid]
+        if self._unsettled:
+            self._settle_later()
+
+    def result(self, body: Any) -> tuple[int, Any]:
+        """A reply ``results`` took, as (status, value): status 0 is a value, anything else an
+        error to raise with ``raise_reply``."""
+        if body is _NONE or body == _NONE_BODY:
+            return _NONE
+        return self._codec.decode(body)  # type: ignore[no-any-return]
+
+    def _take_frames(self, rids: list[int], out: list[Any], i: int, n: int) -> bool:
         """Pipelines' bulk path, holding the reader role: read a chunk and take every whole
-        frame in it that answers the next of ``rids``, in one pass (the bodies, or ``_NONE``).
-        False when none did."""
+        frame at the buffer's start that answers the next of ``rids[i:n]``, into
+        ``out`` (the bodies, or ``_NONE``). Each leaves the buffer in the same steps as it is
+        stored (a slice stored, a deletion at the front: no call). False when none did."""
         buf = self._rbuf
         if len(buf) < 8 + len(_NONE_BODY):
             self._fill(262144)
         unpack, none, none_len = HEADER.unpack_from, _NONE_BODY, len(_NONE_BODY)
-        have, pos, i, n = len(buf), 0, len(out), len(rids)
-        while i < n and have - pos >= 8:
-            length, got = unpack(buf, pos)
-            end = pos + 8 + length
-            if got != rids[i] or end > have:
+        took = False
+        while i < n and len(buf) >= 8:
+            length, got = unpack(buf)
+            end = 8 + length
+            if got != rids[i] or end > len(buf):
                 break                        # someone else's reply, or not all here yet
-            if length == none_len and buf.startswith(none, pos + 8):
-                out.append(_NONE)
+            if length == none_len and buf.startswith(none, 8):
+                out[i] = _NONE
             else:
-                out.append(buf[pos + 8:end])
-            pos = end
+                out[i] = buf[8:end]
+            del buf[:end]
             i += 1
-        if pos:
-            del buf[:pos]
-        return pos > 0
+            took = True
+        return took
 
     def raise_reply(self, status: int, value: Any) -> None:
         exc = pickle.loads(value) if status == P.REPLY_PICKLED_ERROR else _rebuild_error(*value)
@@ -643,12 +676,12 @@ class Connection:
         finally:
             del exc, value
 
-    def _read_until(self, rid: int, box: list[Any] | None = None) -> bytes:
+    def _read_until(self, rid: int, box: list[Any] | None = None, at: int = 0) -> bytes:
         """Holding the reader role: read frames, hand others theirs, until ours comes (and,
         with ``box``, put it in ``box[0]`` at once: see ``call_may_wait``)."""
         try:
             self._reading = True
-            body = self._take_reply(rid, box)
+            body = self._take_reply(rid, box, at)
             buf = self._rbuf
             while body is None:
                 got, end = self._next_frame()
@@ -658,7 +691,7 @@ class Connection:
                     # come between taking the frame out of the buffer and putting it in box.
                     del buf[:end]
                     if box is not None:
-                        box[0] = data
+                        box[at] = data
                     body = data
                 else:
                     self._file(got, end)
@@ -670,24 +703,24 @@ class Connection:
                 with self._mutex:
                     self._cond.notify_all()
 
-    def _take_reply(self, rid: int, box: list[Any] | None) -> bytes | None:
+    def _take_reply(self, rid: int, box: list[Any] | None, at: int = 0) -> bytes | None:
         """The reply to ``rid`` if it was read already, taken from ``_replies`` (and put in
-        ``box`` before it leaves there: no step between can lose it)."""
+        ``box[at]`` before it leaves there: no step between can lose it)."""
         body = self._replies.get(rid)
         if body is not None:
             if box is not None:
-                box[0] = body
+                box[at] = body
             del self._replies[rid]
         return body
 
     def _wait(self, rid: int, deadline: float | None = None,
-              box: list[Any] | None = None) -> bytes:
+              box: list[Any] | None = None, at: int = 0) -> bytes:
         """Another thread is reading: wait for it to hand us our reply, or to leave the role
         (until ``deadline``, a ``time.monotonic()`` time, if given: then TimeoutError)."""
         cond = self._cond
         with self._mutex:
             while True:
-                body = self._take_reply(rid, box)
+                body = self._take_reply(rid, box, at)
                 if body is not None:
                     return body
                 if self.closed:
@@ -709,7 +742,7 @@ class Connection:
                         raise TimeoutError("no reply from the shoal server in time")
                 finally:
                     self._waiting -= 1
-        return self._read_until(rid, box)
+        return self._read_until(rid, box, at)
 
     def _next_frame(self) -> tuple[int, int]:
         """Read until the read buffer starts with a whole frame: its request id and where it

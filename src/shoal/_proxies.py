@@ -755,7 +755,9 @@ class Pipeline:
         self._keep: list[BaseProxy] = []  # proxies in the requests not yet sent
         self._rids: list[int] = []        # every call's request id, in order
         self._replies: list[Any] = []     # (status, value) of the calls collected so far
+        self._taken: list[Any] = []       # their replies as taken (Connection.results)
         self._error: tuple[int, Any] | None = None
+        self._given_up = False            # its end was interrupted: see __exit__
 
     def __call__(self, proxy: BaseProxy) -> PipelinedProxy:
         """A view of ``proxy`` whose calls go through this pipeline."""
@@ -819,16 +821,25 @@ class Pipeline:
 
     def _collect(self, upto: int) -> None:
         """Collect the replies of calls up to index ``upto`` (excluded)."""
+        if self._given_up:
+            raise RuntimeError("this pipeline's end was interrupted: the replies it had not "
+                               "collected were dropped")
         self._send()
         done = len(self._replies)
         if upto > done:
-            replies = self._conn.results(self._rids[done:upto])  # type: ignore[union-attr]
-            if self._error is None:
-                for r in replies:
-                    if r[0]:
-                        self._error = r
-                        break
-            self._replies.extend(replies)
+            # The replies go from the connection into _taken with no step between that an
+            # exception could come in; so one (a signal handler's) that interrupts this loses
+            # none, and the next collect goes on where this one stopped.
+            conn, taken = self._conn, self._taken
+            taken += [None] * (len(self._rids) - len(taken))
+            conn.results(self._rids, taken, done, upto)  # type: ignore[union-attr]
+            replies = self._replies
+            for i in range(len(replies), upto):
+                r = conn.result(taken[i])                   # type: ignore[union-attr]
+                if r[0] and self._error is None:
+                    self._error = r
+                replies.append(r)
+                taken[i] = True                  # (decoded: its bytes are not needed)
 
     def _reply(self, index: int) -> Any:
         if index >= len(self._replies):
@@ -850,13 +861,23 @@ class Pipeline:
     def __exit__(self, t: Any, v: Any, tb: Any) -> None:
         if self._conn is None:
             return
-        if t is None:
+        # An error in the block: every reply is still read, and the block's error goes on.
+        try:
             self.sync()
-        else:          # an error in the block: still read every reply, keep the block's error
-            try:
-                self.sync()
-            except Exception:
-                pass
+        except BaseException as e:
+            if not isinstance(e, Exception) or t is None:
+                self._give_up()
+                raise
+
+    def _give_up(self) -> None:
+        """The end was interrupted (Ctrl-C, a signal handler's exception): the replies not yet
+        taken are dropped when they come, not kept by the connection for ever."""
+        self._given_up = True
+        conn, taken = self._conn, self._taken
+        assert conn is not None
+        for i in range(len(self._replies), len(self._rids)):
+            if i >= len(taken) or taken[i] is None:
+                conn.drop_reply(self._rids[i])
 
 
 class PipelinedProxy:
