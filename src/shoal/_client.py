@@ -374,7 +374,8 @@ class Connection:
             # Interrupted while the reply was decoded: what the call got is given back, as
             # for a reply that came after its caller gave up.
             if undo is not FINISH:
-                self._settle_soon(body, oid, undo)
+                self._unsettled.append((body, oid, undo))
+                self._settle_later()
             raise
         if status == P.REPLY_OK:
             return value
@@ -444,14 +445,10 @@ class Connection:
             if not isinstance(e, Exception):
                 raise
 
-    def _settle_soon(self, body: bytes, oid: int, undo: Callable[[Any], Any]) -> None:
-        """``_settle`` in a thread of its own (decoding may need a call, or take a while)."""
-        self._unsettled.append((body, oid, undo))
-        self._settle_later()
-
     def _settle_later(self) -> None:
-        """Settle, in a thread of its own, every reply waiting in ``_unsettled`` (the thread
-        runs no signal handler: nothing there is lost to one)."""
+        """Settle, in a thread of its own, every reply waiting in ``_unsettled`` (decoding may
+        need a call, or take a while; and the thread runs no signal handler: nothing there is
+        lost to one). What must be settled is put there first, with no call before it."""
         threading.Thread(target=self._settle_all, daemon=True, name="shoal-undo").start()
 
     def _settle_all(self) -> None:
