@@ -1420,7 +1420,7 @@ def test_an_abandoned_get_whose_item_needs_a_call_to_decode_is_given_back() -> N
         time.sleep(0.2)
         conn = q._conn
         rid = conn._request(q._id, "get", [True, None, 1], None)    # parks: q is empty
-        with conn._cond:                      # its caller gives up (the cancel comes later)
+        with conn._mutex:                      # its caller gives up (the cancel comes later)
             conn._abandoned[rid] = (q._id, lambda item: ("_unget", [item]))
         tm.Queue().put(0)                     # (another call, so the get parked first)
         q.put(thing)                          # answers the abandoned get
@@ -1664,6 +1664,54 @@ def test_a_pipeline_whose_end_is_interrupted_leaves_nothing_behind(
     with pytest.raises(RuntimeError, match="interrupted"):
         gets[-1].value
     assert d[99] == 99
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_exceptions_while_a_thread_waits_for_the_reader_come_out_as_they_are(
+        m: shoal.SyncManager, k: int) -> None:
+    """The main thread waits while another reads for it: the exceptions that stop the wait come
+    out as raised, and the connection's lock is left as it was (a threading.Condition's wait,
+    stopped half-way, gave RuntimeError('release unlocked lock'))."""
+    q, q2 = m.Queue(), m.Queue()
+    conn = q._conn
+    reader = threading.Thread(target=lambda: q.get(timeout=5), daemon=True)
+    reader.start()                            # it holds the reader role, blocked in recv
+    time.sleep(0.3)
+    with _pending_signals(k) as (trip, armed):
+        firing = threading.Timer(0.25, trip)
+        firing.start()
+        try:
+            q2.get(timeout=2)
+        except _Signalled:
+            armed[0] = False
+        else:
+            pytest.fail("no exception came out of the wait")
+        firing.join(5)
+    assert not conn._mutex.locked()
+    q.put("x")
+    reader.join(5)
+    _settle(conn)
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_pipeline_block_whose_end_is_interrupted_keeps_no_reply(
+        m: shoal.SyncManager) -> None:
+    """The block's error goes on; the replies its end had not taken are dropped as they come
+    (they were kept for ever when the interruption was an Exception)."""
+    d, q = m.dict(), m.Queue()
+    conn = d._conn
+    with _pending_signals(1) as (trip, armed):
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGRTMIN)).start()
+        with pytest.raises(ValueError, match="block error"):
+            with shoal.pipeline(d, q) as (pd, pq):
+                pq.get(True, 1.0)             # waits 1 s in the server, then Empty
+                for i in range(5):
+                    pd.get(i)
+                raise ValueError("block error")
+        armed[0] = False
+    time.sleep(1.2)
+    _settle(conn)
 
 
 @pytest.mark.timeout(30)

@@ -26,6 +26,7 @@ import ssl
 import threading
 import time
 import weakref
+from _thread import allocate_lock as _allocate_lock
 from multiprocessing import process, util
 from collections.abc import Callable
 from typing import Any
@@ -91,11 +92,12 @@ class Connection:
                             tuples_as_lists=builtin_only)
         self.ids = itertools.count(1)
         self._send_lock = threading.Lock()
-        # Entered as ``with self._mutex:`` (a C lock, taken in one step), never ``with
-        # self._cond:``: Condition's __enter__ is Python code, and a signal handler's exception
-        # raised in it, after the lock was taken, left the lock held for good.
+        # Guards the tables below; threads waiting for a reply or the reader role sleep on
+        # it (_sleep, _wake). Not a threading.Condition: its __enter__ and wait are Python code,
+        # and a signal handler's exception raised inside them could leave the lock held, or
+        # released under a ``with`` block that then released it again.
         self._mutex = threading.Lock()
-        self._cond = threading.Condition(self._mutex)
+        self._sleepers: list[Any] = []         # a lock per sleeping thread, released to wake it
         # Held by the thread reading replies. Re-entrant only to know its owner: a call
         # that finds its own thread holding it gives it back (_check_role).
         self._read_lock = threading.RLock()
@@ -396,7 +398,7 @@ class Connection:
         self._read_lock._release_save()       # type: ignore[attr-defined]  # every level
         if self._waiting:
             with self._mutex:
-                self._cond.notify_all()
+                self._wake()
 
     def _reply_body(self, rid: int, box: list[Any] | None = None) -> bytes:
         """The reply to ``rid``; with ``box``, also put in ``box[0]`` as soon as it is had."""
@@ -488,7 +490,7 @@ class Connection:
             if not self._abandoned or rid not in self._abandoned:
                 del buf[:end]
                 self._replies[rid] = body
-                self._cond.notify_all()
+                self._wake()
                 return
             oid, undo = self._abandoned[rid]
             del buf[:end]
@@ -518,7 +520,7 @@ class Connection:
                         self._read_lock.release()
                         if self._waiting:        # one of them takes the role
                             with self._mutex:
-                                self._cond.notify_all()
+                                self._wake()
                         raise
                     self._reading = False
                     if len(buf) >= 8:
@@ -530,7 +532,7 @@ class Connection:
                             self._read_lock.release()
                             if self._waiting:
                                 with self._mutex:
-                                    self._cond.notify_all()
+                                    self._wake()
                 if box[0] is None:
                     body = self._read_until(rid, box)
             else:
@@ -620,7 +622,7 @@ class Connection:
             self._read_lock.release()
             if self._waiting:
                 with self._mutex:
-                    self._cond.notify_all()
+                    self._wake()
 
     def drop_reply(self, rid: int) -> None:
         """Nobody will collect the reply to ``rid`` (a pipeline's interrupted end): drop it
@@ -698,7 +700,7 @@ class Connection:
             self._read_lock.release()
             if self._waiting:      # someone may need to take the reader role now
                 with self._mutex:
-                    self._cond.notify_all()
+                    self._wake()
 
     def _take_reply(self, rid: int, box: list[Any] | None, at: int = 0) -> bytes | None:
         """The reply to ``rid`` if it was read already, taken from ``_replies`` (and put in
@@ -714,7 +716,6 @@ class Connection:
               box: list[Any] | None = None, at: int = 0) -> bytes:
         """Another thread is reading: wait for it to hand us our reply, or to leave the role
         (until ``deadline``, a ``time.monotonic()`` time, if given: then TimeoutError)."""
-        cond = self._cond
         with self._mutex:
             while True:
                 body = self._take_reply(rid, box, at)
@@ -733,13 +734,39 @@ class Connection:
                     # again now and then all the same (an exception in the reader can come
                     # between its leaving and its waking us).
                     if deadline is None:
-                        cond.wait(_LOOK_AGAIN)
-                    elif not cond.wait(min(deadline - time.monotonic(), _LOOK_AGAIN)) \
-                            and time.monotonic() >= deadline:
-                        raise TimeoutError("no reply from the shoal server in time")
+                        self._sleep(_LOOK_AGAIN)
+                    else:
+                        self._sleep(min(deadline - time.monotonic(), _LOOK_AGAIN))
+                        if time.monotonic() >= deadline:
+                            raise TimeoutError("no reply from the shoal server in time")
                 finally:
                     self._waiting -= 1
         return self._read_until(rid, box, at)
+
+    def _sleep(self, timeout: float) -> None:
+        """Holding ``_mutex``: let it go and sleep until ``_wake`` or ``timeout``; it is held
+        again on return, whatever exception comes (it is taken back in a ``finally`` by the C
+        call itself, not by Python code that could be stopped before it)."""
+        me = _allocate_lock()
+        me.acquire()
+        self._sleepers.append(me)
+        try:
+            self._mutex.release()
+            if timeout > 0:
+                me.acquire(True, timeout)
+        finally:
+            self._mutex.acquire()
+        try:
+            self._sleepers.remove(me)
+        except ValueError:
+            pass                             # (woken: _wake took it off)
+
+    def _wake(self) -> None:
+        """Holding ``_mutex``: wake every sleeping thread (one stopped half-way by an exception
+        looks again within _LOOK_AGAIN all the same)."""
+        sleepers, self._sleepers = self._sleepers, []
+        for me in sleepers:
+            me.release()
 
     def _next_frame(self) -> tuple[int, int]:
         """Read until the read buffer starts with a whole frame: its request id and where it
@@ -784,7 +811,7 @@ class Connection:
         except OSError:
             pass
         with self._mutex:
-            self._cond.notify_all()
+            self._wake()
 
     def _broken(self, cause: BaseException | None) -> Any:
         self._shut()

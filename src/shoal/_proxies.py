@@ -861,17 +861,20 @@ class Pipeline:
     def __exit__(self, t: Any, v: Any, tb: Any) -> None:
         if self._conn is None:
             return
-        # An error in the block: every reply is still read, and the block's error goes on.
+        # An error in the block: every reply is still read, and the block's error goes on
+        # (rather than one that came out of this end).
         try:
             self.sync()
-        except BaseException as e:
-            if not isinstance(e, Exception) or t is None:
-                self._give_up()
+        except BaseException:
+            self._given_up = True            # (first, with no call before it)
+            self._give_up()
+            if t is None:
                 raise
 
     def _give_up(self) -> None:
-        """The end was interrupted (Ctrl-C, a signal handler's exception): the replies not yet
-        taken are dropped when they come, not kept by the connection for ever."""
+        """The end was interrupted (Ctrl-C, a signal handler's exception), or failed: the
+        replies not yet taken are dropped when they come, not kept by the connection for
+        ever."""
         self._given_up = True
         conn, taken = self._conn, self._taken
         assert conn is not None
