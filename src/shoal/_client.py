@@ -148,6 +148,8 @@ class Connection:
             try:
                 rid = next(self.ids) & 0xFFFFFFFF or next(self.ids)
                 self.sock.settimeout(_GOODBYE_WAIT)
+                if self._unsent is not None:     # the rest of a write cut short goes first
+                    self._finish_unsent()
                 notes, _ = self._collect_notes()
                 self.sock.sendall(notes + self._frame(rid, [0, "goodbye", []]))
             finally:
