@@ -56,8 +56,6 @@ class Conn:
         self.clean = False        # the client said goodbye: it ended normally
         self.dirty = False
         self.paused = False       # its replies are over the limit: not read until they are out
-        self.active = False       # it sent something since the server last looked
-        self.parked = 0           # its requests whose reply comes later (a blocked acquire...)
         self.events = READ
         self.involved: weakref.WeakSet[Any] = weakref.WeakSet()  # sync objects it holds or waits on
         self.pid: int | None = None
@@ -112,10 +110,8 @@ class Conn:
 
     def reply_body(self, rid: int, result: Any) -> bytes | None:
         """The body of the reply to request ``rid`` that gave ``result``; None when none goes
-        now (a call sent without waiting, or one parked: counted in ``parked``)."""
+        now (a call sent without waiting, or one parked)."""
         if result is PENDING:
-            if rid:
-                self.parked += 1
             return None
         if not rid:
             return None
@@ -205,9 +201,6 @@ class Conn:
         all their replies at once. Past OUT_HIGH bytes of replies it stops, writes them, and
         reads no more from this client until they are out (one that does not read its replies
         cannot make the server buffer without bound)."""
-        if not self.active:
-            self.active = True
-            self.server.watch_activity()
         buf = self.inbuf
         if buf or not self.authed:
             buf += data
@@ -304,8 +297,6 @@ class Conn:
         """The reply to a request that was parked (or ran elsewhere)."""
         if self.closed or not rid:
             return
-        if self.parked:
-            self.parked -= 1
         try:
             body = self.encode([P.REPLY_OK, value])
         except Exception as e:
@@ -329,8 +320,6 @@ class Conn:
         one whose reply was held for a journal commit)."""
         if self.closed or not rid:
             return
-        if parked and self.parked:
-            self.parked -= 1
         body = self.encode_error(e, custom)
         # (not parked: the commit it waited for failed, and this says so now)
         self._send_late(rid, HEADER.pack(len(body), rid) + body, after_journal=parked)

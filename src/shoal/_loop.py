@@ -14,13 +14,14 @@ import logging
 import os
 import select
 from collections.abc import Callable
+from os import sched_yield
 from time import monotonic
 
 __all__ = ["Loop", "Timer", "READ", "WRITE"]
 
 log = logging.getLogger("shoal.server")
 
-SPIN = 0.00005      # seconds a loop that had work polls before it sleeps
+SPIN = 0.0001       # seconds a loop that had work polls, yielding the CPU, before it sleeps
 READ = select.POLLIN
 WRITE = select.POLLOUT
 _ERR = select.POLLERR | select.POLLHUP
@@ -65,10 +66,6 @@ class Loop:
         os.set_blocking(self._wake_w, False)
         self.add(self._wake_r, READ, self._drain_wakeups)
         self.running = True      # until stop(), even one that comes before run()
-        # Poll awake for SPIN after a turn that had work, instead of sleeping at once: this
-        # saves a wake-up per round trip, but only pays while a CPU is free for it (the owner
-        # turns it off when there are as many busy clients as CPUs).
-        self.spin = True
 
     def add(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
         self._handlers[fd] = handler
@@ -128,12 +125,14 @@ class Loop:
             try:
                 events = poll(0) if busy or not timeout else ()
                 if not events and timeout:
-                    if busy and self.spin:
+                    if busy:
                         # Requests came last turn: more are likely within microseconds. Wait
                         # for them awake a little (SPIN) rather than sleep and be woken, which
-                        # costs about as much as the rest of a round trip.
+                        # costs about as much as the rest of a round trip; between two looks,
+                        # give the CPU to any process that is ready to run (a client).
                         spin_end = monotonic() + SPIN
                         while not events and monotonic() < spin_end:
+                            sched_yield()
                             events = poll(0)
                     if not events and 0 < timeout < 0.001 * self._scale:
                         # epoll_wait counts whole milliseconds: wait a shorter time with

@@ -70,7 +70,6 @@ def _die_with_parent() -> None:
     prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _DICT_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
 _CUSTOM_THREADS = 1024     # registered types' calls running at once (threads made as needed)
 _ID_BLOCK = 1024           # ids the journal keeps used at once for objects it does not make
@@ -193,8 +192,6 @@ class Server:
         self.calls = 0
         self._rate = (time.monotonic(), 0, 0.0)     # (when, calls then, calls per second)
         self.loop.call_later(1.0, self._sample_rate)
-        self._watching = False        # _watch_activity is due (while clients are active)
-        self._newly_active = 0        # clients that became active since it last looked
         if owner_pid is not None:
             self._watch_owner(owner_pid)
 
@@ -288,10 +285,8 @@ class Server:
         sizes: dict[Conn, int] = {}              # bytes of replies not yet written, each
         held_back: dict[Conn, list[bytes]] = {}  # ... past the limit: run when they are out
         for conn, rid, body in waiting:
-            if rid:
-                conn.parked -= 1
-                if conn.closed:
-                    continue
+            if rid and conn.closed:
+                continue
             if rid and (conn in held_back or conn.paused):
                 # Its client is over the limit of unread replies: this waits, in front of
                 # its unread requests. (One sent without waiting makes no reply: it runs.)
@@ -347,8 +342,6 @@ class Server:
                 if holder is not None:   # another client holds a per-object lock over obj
                     holder.guard.queue.append((conn, rid, body))  # type: ignore[union-attr]
                     conn.involved.add(holder)
-                    if rid:
-                        conn.parked += 1
                     return
             self.current, self.current_rid = conn, rid
             fn = type(obj).OPS.get(name)
@@ -875,36 +868,6 @@ class Server:
             self._stop_snapshot()
             self.store.close()
         self.loop.close()
-
-    def _watch_activity(self) -> None:
-        """Let the loop spin only while the busy clients leave a CPU free for it. A client
-        that sent requests lately is busy, unless it now waits for a parked one (a lock held
-        by another): then it sleeps, and the one it waits for runs faster with a spinning
-        server."""
-        busy = active = 0
-        for conn in self.conns:
-            if conn.active:
-                conn.active = False
-                active += 1
-                if not conn.parked:
-                    busy += 1
-        self.loop.spin = busy < _CPUS
-        self._newly_active = 0
-        if active:
-            self.loop.call_later(0.05, self._watch_activity)
-        else:                # idle: look again once a client sends something
-            self._watching = False
-
-    def watch_activity(self) -> None:
-        """A client sent its first request since the last look. Once as many clients as there
-        are CPUs have, the loop stops spinning at once (a burst of work from idle would
-        otherwise run its first 50 ms with a spinning server taking a client's CPU)."""
-        self._newly_active += 1
-        if self._newly_active >= _CPUS:
-            self.loop.spin = False
-        if not self._watching:
-            self._watching = True
-            self.loop.call_later(0.05, self._watch_activity)
 
     def _sample_rate(self) -> None:
         now, calls = time.monotonic(), self.calls
