@@ -316,9 +316,9 @@ d['test'] = row; lock.release()`), the same code on `multiprocessing.Manager()` 
 `shoal.Manager()`: {PROCS} processes × {updates} updates each (processes started and connected
 before the clock starts), and the seed program's own shape, a `Pool({PROCS})` task per update
 ({updates} tasks, proxies pickled into each; the pool started, and each worker connected by a
-first task that takes the lock, before the clock starts): issue 3's baseline ("about 2.3 ms per update"
-on Manager), against which it asks for at least 5× with the same code and at least 50× with
-`incr` or `d.locked()`. (b) The same job on shoal without a separate Lock: {PROCS} processes ×
+first task that takes the lock, before the clock starts): issue 3's baseline ("about 2.3 ms per
+update" on Manager), against which it asks for at least 5× with the same code and at least 50×
+with `incr` or `d.locked()`. (b) The same job on shoal without a separate Lock: {PROCS} processes ×
 {updates} updates, compared with Manager's seed program as written from the same rounds. A
 nested dict's proxy stays live (it is not a copy), so a process can take `row = d['test']`
 once, at its first update, and make each update one round trip instead of two.
