@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import fractions
 import gc
+import pickle
 import time
 import multiprocessing
 import threading
@@ -265,6 +266,25 @@ def test_reading_the_same_nested_object_again_and_again_sends_no_release() -> No
         assert d["row"] == {i: i for i in range(50)}
         assert b"release" not in spy.sent
         assert spy.sent.count(b"incr") == 50
+
+
+def test_unpickling_a_proxy_of_an_object_held_already_sends_no_hold() -> None:
+    """A pool worker unpickles the same proxies for every task: the server is asked to keep
+    the object once, not once per task."""
+    with shoal.Manager() as m:
+        d = m.dict()
+        blob = pickle.dumps(d)
+        conn = d._conn
+        conn.sock = spy = SentBytes(conn.sock)
+        try:
+            for i in range(50):
+                task_d = pickle.loads(blob)
+                task_d[i] = i
+                del task_d
+        finally:
+            conn.sock = spy.sock
+        assert d == {i: i for i in range(50)}
+        assert b"hold" not in spy.sent and b"release" not in spy.sent
 
 
 def test_a_dropped_proxy_is_released_by_the_second_call_after_the_drop() -> None:

@@ -188,14 +188,15 @@ class Connection:
             raise
 
     def track(self, oid: int, hold: bool) -> None:
-        """A proxy of ``oid`` was made here; ``hold`` asks the server to keep it for us."""
+        """A proxy of ``oid`` was made here; ``hold`` asks the server to keep it for us, unless
+        it does already (a pool worker unpickles the same proxies for every task)."""
         with self._refs_lock:
             entry = self._refs.get(oid)
             if entry is None:
                 entry = self._refs[oid] = [0, 0]
             entry[0] += 1
-            if hold:
-                entry[1] += 1
+            if hold and not entry[1]:
+                entry[1] = 1
                 self._notes.append([0, "hold", [oid]])
 
     def untrack(self, oid: int) -> None:
