@@ -10,6 +10,7 @@ free again within ``DEAD_FREE`` of the kill.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import pickle
@@ -1695,8 +1696,14 @@ def test_notes_stay_queued_when_the_write_that_carries_them_never_starts(
     write interrupted before it began, the server would not count the proxy, and could free
     the object under it."""
     d = m.dict({"a": 1})
-    conn = d._conn
-    twin = pickle.loads(pickle.dumps(d))      # queues a "hold" note
+    holder = m.list([d])                      # keeps the dict when this process lets it go
+    blob = pickle.dumps(d)
+    del d
+    gc.collect()
+    len(holder)
+    len(holder)                               # (the second call after a drop releases it)
+    conn = holder._conn
+    twin = pickle.loads(blob)                 # queues a "hold" note
     send_all = type(conn)._send_all
 
     def interrupted(self: Any, data: bytes, notes: int = 0) -> None:
@@ -1706,7 +1713,7 @@ def test_notes_stay_queued_when_the_write_that_carries_them_never_starts(
     conn.sock = spy = SentBytes(conn.sock)
     try:
         with pytest.raises(KeyboardInterrupt):
-            d["b"] = 2                        # (the cancel of which goes out next)
+            holder.append(2)                  # (the cancel of which goes out next)
         assert twin["a"] == 1
     finally:
         conn.sock = spy.sock
