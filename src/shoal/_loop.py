@@ -16,12 +16,16 @@ import select
 from collections.abc import Callable
 from os import sched_yield
 from time import monotonic
+from typing import Any
 
 __all__ = ["Loop", "Timer", "READ", "WRITE"]
 
 log = logging.getLogger("shoal.server")
 
 SPIN = 0.0001       # seconds a loop that had work polls, yielding the CPU, before it sleeps
+CROWDED = 0.0005    # a yield that lost the CPU this long: another process computes on it
+QUIET = 0.005       # ... then no spinning for this long, doubled while it keeps happening
+QUIET_MAX = 1.6
 READ = select.POLLIN
 WRITE = select.POLLOUT
 _ERR = select.POLLERR | select.POLLHUP
@@ -66,6 +70,7 @@ class Loop:
         os.set_blocking(self._wake_w, False)
         self.add(self._wake_r, READ, self._drain_wakeups)
         self.running = True      # until stop(), even one that comes before run()
+        self._quiet, self._quiet_until = QUIET, 0.0    # no spinning before then (_spin)
 
     def add(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
         self._handlers[fd] = handler
@@ -125,15 +130,10 @@ class Loop:
             try:
                 events = poll(0) if busy or not timeout else ()
                 if not events and timeout:
-                    if busy:
-                        # Requests came last turn: more are likely within microseconds. Wait
-                        # for them awake a little (SPIN) rather than sleep and be woken, which
-                        # costs about as much as the rest of a round trip; between two looks,
-                        # give the CPU to any process that is ready to run (a client).
-                        spin_end = monotonic() + SPIN
-                        while not events and monotonic() < spin_end:
-                            sched_yield()
-                            events = poll(0)
+                    if busy and monotonic() >= self._quiet_until:
+                        events = self._spin(poll, timers[0].when if timers else None)
+                        if not events and timers:   # (the spin took some of the wait)
+                            timeout = max(0.0, timers[0].when - monotonic()) * self._scale
                     if not events and 0 < timeout < 0.001 * self._scale:
                         # epoll_wait counts whole milliseconds: wait a shorter time with
                         # select, which counts microseconds, on the epoll descriptor itself.
@@ -164,6 +164,30 @@ class Loop:
                 self._guard(calls.popleft())
             for cb in after:
                 cb()
+
+    def _spin(self, poll: Callable[[int], Any], until: float | None) -> Any:
+        """Requests came last turn: more are likely within microseconds. Wait for them awake
+        for up to SPIN (not past ``until``, the next timer) rather than sleep and be woken,
+        which costs about as much as the rest of a round trip; between two looks, give the CPU
+        to any process ready to run (often the client about to send). A yield that lost the
+        CPU for long (CROWDED) means a process that computes shares it: a loop yielding to it
+        is not asleep, so a request does not wake it, and waits for that process's time slice.
+        Then the loop does not spin for QUIET, doubled while it keeps happening."""
+        end = monotonic() + SPIN
+        if until is not None and until < end:
+            end = until
+        events: Any = ()
+        now = monotonic()
+        while now < end and not events:
+            sched_yield()
+            events = poll(0)
+            then, now = now, monotonic()
+            if now - then > CROWDED:
+                recent = now - self._quiet_until < 10 * self._quiet
+                self._quiet = min(self._quiet * 2, QUIET_MAX) if recent else QUIET
+                self._quiet_until = now + self._quiet
+                break
+        return events
 
     def _guard(self, fn: Callable[..., None], *args: int) -> None:
         # One failing handler must not take the server down with it.
