@@ -24,7 +24,8 @@ log = logging.getLogger("shoal.server")
 
 SPIN = 0.0001       # seconds a loop that had work polls, yielding the CPU, before it sleeps
 CROWDED = 0.0005    # a yield that lost the CPU this long: another process computes on it
-QUIET = 0.005       # ... then no spinning for this long, doubled while it keeps happening
+CROWDING = 0.02     # when more spins than this (a moving average over about 64) had one,
+QUIET = 0.005       # ... no spinning for this long, doubled while it keeps happening
 QUIET_MAX = 1.6
 READ = select.POLLIN
 WRITE = select.POLLOUT
@@ -71,6 +72,7 @@ class Loop:
         self.add(self._wake_r, READ, self._drain_wakeups)
         self.running = True      # until stop(), even one that comes before run()
         self._quiet, self._quiet_until = QUIET, 0.0    # no spinning before then (_spin)
+        self._crowding = 0.0    # share of recent spins that lost the CPU for long
 
     def add(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
         self._handlers[fd] = handler
@@ -183,10 +185,13 @@ class Loop:
             events = poll(0)
             then, now = now, monotonic()
             if now - then > CROWDED:
-                recent = now - self._quiet_until < 10 * self._quiet
-                self._quiet = min(self._quiet * 2, QUIET_MAX) if recent else QUIET
-                self._quiet_until = now + self._quiet
-                break
+                self._crowding += (1.0 - self._crowding) / 64
+                if self._crowding > CROWDING:
+                    recent = now - self._quiet_until < 10 * self._quiet
+                    self._quiet = min(self._quiet * 2, QUIET_MAX) if recent else QUIET
+                    self._quiet_until = now + self._quiet
+                return events
+        self._crowding -= self._crowding / 64
         return events
 
     def _guard(self, fn: Callable[..., None], *args: int) -> None:
