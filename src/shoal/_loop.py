@@ -23,8 +23,8 @@ __all__ = ["Loop", "Timer", "READ", "WRITE"]
 log = logging.getLogger("shoal.server")
 
 SPIN = 0.0001       # seconds a loop that had work polls, yielding the CPU, before it sleeps
-CROWDED = 0.0005    # a yield that lost the CPU this long: another process computes on it
-CROWDING = 0.02     # when more spins than this (a moving average over about 64) had one,
+CROWDED = 0.001     # a yield that lost the CPU this long: another process computes on it
+CROWDING = 0.05     # when more spins than this (a moving average over about 64) had one,
 QUIET = 0.005       # ... no spinning for this long, doubled while it keeps happening
 QUIET_MAX = 1.6
 READ = select.POLLIN
@@ -174,7 +174,8 @@ class Loop:
         to any process ready to run (often the client about to send). A yield that lost the
         CPU for long (CROWDED) means a process that computes shares it: a loop yielding to it
         is not asleep, so a request does not wake it, and waits for that process's time slice.
-        Then the loop does not spin for QUIET, doubled while it keeps happening."""
+        When that happens in more than CROWDING of the recent spins, the loop does not spin for
+        QUIET, doubled while it keeps happening."""
         end = monotonic() + SPIN
         if until is not None and until < end:
             end = until
