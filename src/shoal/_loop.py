@@ -26,7 +26,7 @@ SPIN = 0.0001       # seconds a loop that had work polls, yielding the CPU, befo
 CROWDED = 0.001     # a yield that lost the CPU this long: another process computes on it
 CROWDING = 0.05     # when more spins than this (a moving average over about 64) had one,
 QUIET = 0.005       # ... no spinning for this long, doubled while it keeps happening
-QUIET_MAX = 1.6
+QUIET_MAX = 1.6     # (seconds)
 READ = select.POLLIN
 WRITE = select.POLLOUT
 _ERR = select.POLLERR | select.POLLHUP
@@ -176,11 +176,9 @@ class Loop:
         is not asleep, so a request does not wake it, and waits for that process's time slice.
         When that happens in more than CROWDING of the recent spins, the loop does not spin for
         QUIET, doubled while it keeps happening."""
-        end = monotonic() + SPIN
-        if until is not None and until < end:
-            end = until
-        events: Any = ()
         now = monotonic()
+        end = now + SPIN if until is None else min(now + SPIN, until)
+        events: Any = ()
         while now < end and not events:
             sched_yield()
             events = poll(0)
