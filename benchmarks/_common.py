@@ -16,6 +16,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The head of docs/benchmarks.md, written by whichever script makes the file.
+INTRO = """\
+# Benchmarks
+
+Measurements of shoal beside its baselines, each taken in one run on one machine. Every section
+below is written by the script named in it; rerun that command to refresh it. How to run them:
+`benchmarks/README.md`.
+"""
+
 
 def load_average() -> str:
     """The 1-minute load average, for the "before and after" line of each section."""

@@ -40,16 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import shoal
-from _common import load_average as _load, replace_section, shown_path as _shown_path
+from _common import INTRO, load_average as _load, replace_section, shown_path as _shown_path
 
 START, END = "<!-- bench_core:start -->", "<!-- bench_core:end -->"
-INTRO = """\
-# Benchmarks
-
-Measurements of shoal beside its baselines, each taken in one run on one machine. Every section
-below is written by the script named in it; rerun that command to refresh it. How to run them:
-`benchmarks/README.md`.
-"""
 REPO = Path(__file__).resolve().parent.parent
 
 # -- the floor: a raw AF_UNIX ping-pong --------------------------------------------------------

@@ -45,16 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import shoal
-from _common import load_average as _load, replace_section, shown_path as _shown_path
+from _common import INTRO, load_average as _load, replace_section, shown_path as _shown_path
 
 START, END = "<!-- bench_load:start -->", "<!-- bench_load:end -->"
-INTRO = """\
-# Benchmarks
-
-Measurements of shoal beside its baselines, each taken in one run on one machine. Every section
-below is written by the script named in it; rerun that command to refresh it. How to run them:
-`benchmarks/README.md`.
-"""
 REPO = Path(__file__).resolve().parent.parent
 KEY = b"YmVuY2gtbG9hZC1rZXktMzItYnl0ZXMtbG9uZyEhIQ=="
 DICTS, KEYS = 8, 1000

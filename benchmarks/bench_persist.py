@@ -51,18 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import shoal
-from _common import join_parts, kept_parts, replace_section
+from _common import INTRO, join_parts, kept_parts, replace_section
 from _common import load_average as _load, shown_path as _shown_path
 
 NAME = "bench_persist"
 START, END = f"<!-- {NAME}:start -->", f"<!-- {NAME}:end -->"
-INTRO = """\
-# Benchmarks
-
-Measurements of shoal beside its baselines, each taken in one run on one machine. Every section
-below is written by the script named in it; rerun that command to refresh it. How to run them:
-`benchmarks/README.md`.
-"""
 REPO = Path(__file__).resolve().parent.parent
 KEY = b"bench-persist-authkey-0123456789"
 KEYS = 1000

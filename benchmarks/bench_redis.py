@@ -44,17 +44,10 @@ from typing import Any
 
 import shoal
 import shoal.redis
-from _common import load_average as _load, redis_server, replace_section
+from _common import INTRO, load_average as _load, redis_server, replace_section
 from _common import shown_path as _shown_path
 
 START, END = "<!-- bench_redis:start -->", "<!-- bench_redis:end -->"
-INTRO = """\
-# Benchmarks
-
-Measurements of shoal beside its baselines, each taken in one run on one machine. Every section
-below is written by the script named in it; rerun that command to refresh it. How to run them:
-`benchmarks/README.md`.
-"""
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMS = ("redis-py", "shoal-redis", "shoal-local")
 HASH = "bench:redis:h"

@@ -59,20 +59,13 @@ from pathlib import Path
 from typing import Any
 
 import shoal
-from _common import join_parts, kept_parts, redis_server, replace_section
+from _common import INTRO, join_parts, kept_parts, redis_server, replace_section
 from _common import load_average as _load, shown_path as _shown_path
 from bench_core import _GET, _KEY, _LEN, _SET
 
 NAME = "bench_throughput"
 START, END = f"<!-- {NAME}:start -->", f"<!-- {NAME}:end -->"
 PARTS = ("throughput", "profile", "sched", "bulk", "memory", "latency")
-INTRO = """\
-# Benchmarks
-
-Measurements of shoal beside its baselines, each taken in one run on one machine. Every section
-below is written by the script named in it; rerun that command to refresh it. How to run them:
-`benchmarks/README.md`.
-"""
 REPO = Path(__file__).resolve().parent.parent
 REDIS_HASH = "bench:h"
 
