@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,27 @@ def shown_path(path: Path) -> str:
         return str(path.resolve().relative_to(REPO))
     except ValueError:
         return path.name
+
+
+def command_line(script: str, argv: Sequence[str] | None, hide: Sequence[str] = ()) -> str:
+    """The command that ran ``script`` with ``argv`` (``sys.argv[1:]`` when None), as the docs
+    show it: a file named by ``--markdown`` relative to the repository, the values of the
+    options in ``hide`` (an address, say) replaced by their names."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    shown = [f"python benchmarks/{script}"]
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name == "--markdown" or name in hide:
+            if not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            value = shown_path(Path(value)) if name == "--markdown" else name[2:].upper()
+            shown.append(f"{name} {value}")
+        else:
+            shown.append(args[i])
+        i += 1
+    return " ".join(shown)
 
 
 def replace_section(path: Path, start: str, end: str, text: str, intro: str) -> None:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
-from _common import INTRO, load_average as _load, replace_section, shown_path as _shown_path
+from _common import INTRO, command_line, load_average as _load, replace_section
 
 START, END = "<!-- bench_core:start -->", "<!-- bench_core:end -->"
 REPO = Path(__file__).resolve().parent.parent
@@ -236,11 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (3 if args.quick else 7)
     ops = args.ops or (1000 if args.quick else 5000)
 
-    command = "python benchmarks/bench_core.py"
-    command += " --quick" if args.quick else ""
-    command += f" --rounds {args.rounds}" if args.rounds else ""
-    command += f" --ops {args.ops}" if args.ops else ""
-    command += f" --markdown {_shown_path(args.markdown)}" if args.markdown else ""
+    command = command_line("bench_core.py", argv)
 
     load = _load()
     result = measure(rounds, ops)

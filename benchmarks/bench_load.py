@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
-from _common import INTRO, load_average as _load, replace_section, shown_path as _shown_path
+from _common import INTRO, command_line, load_average as _load, replace_section
 
 START, END = "<!-- bench_load:start -->", "<!-- bench_load:end -->"
 REPO = Path(__file__).resolve().parent.parent
@@ -364,11 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (5.0 if args.quick else 30.0)
     shapes = args.shape or [(4, 50), (50, 4)]
 
-    command = "python benchmarks/bench_load.py"
-    command += " --quick" if args.quick else ""
-    command += f" --duration {args.duration:g}" if args.duration else ""
-    command += "".join(f" --shape {p}x{t}" for p, t in args.shape or [])
-    command += f" --markdown {_shown_path(args.markdown)}" if args.markdown else ""
+    command = command_line("bench_load.py", argv)
 
     load, commit = _load(), _commit()
     results = [run_shape(p, t, duration) for p, t in shapes]

@@ -44,8 +44,8 @@ from typing import Any
 
 import shoal
 import shoal.redis
-from _common import INTRO, load_average as _load, redis_server, replace_section
-from _common import shown_path as _shown_path
+from _common import INTRO, command_line, load_average as _load, redis_server
+from _common import replace_section
 
 START, END = "<!-- bench_redis:start -->", "<!-- bench_redis:end -->"
 REPO = Path(__file__).resolve().parent.parent
@@ -214,12 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (3 if args.quick else 7)
     ops = args.ops or (300 if args.quick else 2000)
 
-    command = "python benchmarks/bench_redis.py"
-    command += " --quick" if args.quick else ""
-    command += f" --rounds {args.rounds}" if args.rounds else ""
-    command += f" --ops {args.ops}" if args.ops else ""
-    command += " --url URL" if args.url else ""
-    command += f" --markdown {_shown_path(args.markdown)}" if args.markdown else ""
+    command = command_line("bench_redis.py", argv, hide=("--url",))
 
     load = _load()
     server = _redis_version(args.url)

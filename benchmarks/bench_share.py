@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
-from _common import INTRO, load_average as _load, replace_section, shown_path as _shown_path
+from _common import INTRO, command_line, load_average as _load, replace_section
 
 START, END = "<!-- bench_share:start -->", "<!-- bench_share:end -->"
 CTX = multiprocessing.get_context("fork")
@@ -191,13 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (2 if args.quick else 5)
     calls = args.calls or (500 if args.quick else 2000)
     duration = args.duration or (0.5 if args.quick else 2.0)
-    command = "python benchmarks/bench_share.py"
-    command += " --quick" if args.quick else ""
-    command += f" --rounds {args.rounds}" if args.rounds else ""
-    command += f" --calls {args.calls}" if args.calls else ""
-    command += f" --workers {args.workers}" if args.workers != 2 else ""
-    command += f" --duration {args.duration:g}" if args.duration else ""
-    command += f" --markdown {_shown_path(args.markdown)}" if args.markdown else ""
+    command = command_line("bench_share.py", argv)
 
     load = _load()
     result = measure(rounds, calls, args.workers, duration)

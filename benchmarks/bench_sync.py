@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import shoal
-from _common import INTRO, load_average as _load, replace_section, shown_path as _shown_path
+from _common import INTRO, command_line, load_average as _load, replace_section
 
 START, END = "<!-- bench_sync:start -->", "<!-- bench_sync:end -->"
 REPO = Path(__file__).resolve().parent.parent
@@ -353,12 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     updates = args.updates or (50 if args.quick else 100)
     ops = args.ops or (1000 if args.quick else 5000)
 
-    command = "python benchmarks/bench_sync.py"
-    command += " --quick" if args.quick else ""
-    command += f" --rounds {args.rounds}" if args.rounds else ""
-    command += f" --updates {args.updates}" if args.updates else ""
-    command += f" --ops {args.ops}" if args.ops else ""
-    command += f" --markdown {_shown_path(args.markdown)}" if args.markdown else ""
+    command = command_line("bench_sync.py", argv)
 
     load = _load()
     result = measure(rounds, updates, ops)
